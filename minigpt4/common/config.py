@@ -1,0 +1,231 @@
+"""Layered YAML configuration, merged in the original order:
+
+    model default YAML (chosen by ``model.arch`` + ``model.model_type``)
+      < user YAML ``model:``;  dataset default YAML < user ``datasets.<name>:``;  user ``run:``
+      < ``--options key=value`` (highest)
+
+Unlike the original, the configuration is validated when it is built: a misspelled section, an
+unknown ``model`` key, an unknown ``arch``/``model_type``/builder name, or a weight path that is
+still a placeholder or does not exist raises :class:`ConfigError` naming the key, the file that set
+it and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from minigpt4.common.registry import registry
+
+SECTIONS = ("model", "datasets", "run", "preprocess")
+PLACEHOLDER_PREFIX = "/path/to/"
+# model keys that name files or folders (checked at start-up; URLs are allowed where noted)
+MODEL_PATH_KEYS = {"llama_model": False, "ckpt": True, "vit_ckpt": True, "q_former_model": True}
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user must fix; the message says what and how."""
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def is_url(value: str) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def repo_root() -> Path:
+    """The folder that holds the ``minigpt4`` package (the project root in a source checkout)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def resolve_project_path(value: str) -> Path:
+    """Resolve a relative path against the working directory first, then the project root.
+
+    The original opened ``prompt_path`` relative to the working directory only, so scripts had to
+    be started from one folder; the fallback lets them start anywhere.
+    """
+    path = Path(os.path.expanduser(value))
+    if path.is_absolute() or path.exists():
+        return path
+    candidate = repo_root() / path
+    return candidate if candidate.exists() else path
+
+
+def parse_options(options: list[str] | None) -> list[str]:
+    """``--options`` as a dot-list: ``a.b=1 c=2`` or alternating ``a.b 1 c 2`` (as the original)."""
+    if not options:
+        return []
+    if "=" in options[0]:
+        return list(options)
+    if len(options) % 2:
+        raise ConfigError(
+            f"--options got an odd number of items {options}: give key=value pairs "
+            "(e.g. --options run.init_lr=1e-4) or alternating key value items."
+        )
+    return [f"{k}={v}" for k, v in zip(options[::2], options[1::2])]
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, DictConfig):
+        keys = []
+        for k in node.keys():
+            keys += _flat_keys(node._get_node(k), f"{prefix}{k}.")
+        return keys or [prefix[:-1]]
+    return [prefix[:-1]]
+
+
+class Config:
+    """Build the merged configuration from ``args.cfg_path`` and ``args.options``."""
+
+    def __init__(self, args, check_paths: bool = True):
+        self.args = args
+        self.origins: dict[str, str] = {}  # flattened key -> where it was last set
+        registry.register("configuration", self)
+
+        cfg_path = str(args.cfg_path)
+        if not os.path.isfile(cfg_path):
+            raise ConfigError(f"Config file {cfg_path!r} does not exist. Pass an existing YAML with --cfg-path.")
+        user = OmegaConf.load(cfg_path)
+        self._check_sections(user, cfg_path)
+        options = OmegaConf.from_dotlist(parse_options(getattr(args, "options", None)))
+        self._check_sections(options, "--options")
+
+        if "run" not in user:
+            raise ConfigError(f"{cfg_path} has no 'run:' section; add one (at least 'run: {{task: image_text_pretrain}}').")
+        runner_config = OmegaConf.create({"run": user.run})
+        self._note(runner_config, cfg_path)
+        model_config = self.build_model_config(user, options, cfg_path)
+        dataset_config = self.build_dataset_config(user, cfg_path)
+        self._note(options, "--options")
+
+        self.config = OmegaConf.merge(runner_config, model_config, dataset_config, options)
+        self._check_model_keys()
+        if check_paths:
+            self.check_model_paths()
+
+    # -- building --------------------------------------------------------------------------
+    def _note(self, node: DictConfig, origin: str) -> None:
+        for key in _flat_keys(node):
+            self.origins[key] = origin
+
+    @staticmethod
+    def _check_sections(node: DictConfig, origin: str) -> None:
+        for key in node.keys():
+            if key not in SECTIONS:
+                raise ConfigError(
+                    f"Unknown top-level section {key!r} in {origin}.{_suggest(key, SECTIONS)} "
+                    f"Valid sections: {', '.join(SECTIONS)}."
+                )
+
+    def build_model_config(self, user: DictConfig, options: DictConfig, cfg_path: str) -> DictConfig:
+        model = user.get("model")
+        if model is None:
+            raise ConfigError(f"{cfg_path} has no 'model:' section (missing model configuration).")
+        arch = options.get("model", {}).get("arch") or model.get("arch")
+        if arch is None:
+            raise ConfigError(f"'model.arch' is not set in {cfg_path}; known archs: {', '.join(registry.list_models())}.")
+        try:
+            model_cls = registry.get_model_class(arch)
+        except KeyError as err:
+            raise ConfigError(f"model.arch in {cfg_path}: {err}") from None
+        # The original meant ``--options model.model_type=X`` to pick the default YAML but never
+        # did (quirk 15); here the option does what it says.
+        model_type = options.get("model", {}).get("model_type") or model.get("model_type")
+        if model_type is None:
+            raise ConfigError(f"'model.model_type' is not set in {cfg_path}; choose one of {model_cls.model_types()}.")
+        try:
+            default_path = model_cls.default_config_path(model_type)
+        except KeyError as err:
+            raise ConfigError(f"model.model_type in {cfg_path}: {err}") from None
+        defaults = OmegaConf.load(default_path)
+        self._note(defaults, os.path.relpath(default_path, repo_root()))
+        user_model = OmegaConf.create({"model": model})
+        self._note(user_model, cfg_path)
+        return OmegaConf.merge(defaults, user_model)
+
+    def build_dataset_config(self, user: DictConfig, cfg_path: str) -> DictConfig:
+        datasets = user.get("datasets")
+        merged = OmegaConf.create()
+        if datasets is None:
+            return merged
+        for name in datasets:
+            try:
+                builder_cls = registry.get_builder_class(name)
+            except KeyError as err:
+                raise ConfigError(f"datasets.{name} in {cfg_path}: {err}") from None
+            dataset_type = datasets[name].get("type", "default")
+            default_path = builder_cls.default_config_path(dataset_type)
+            defaults = OmegaConf.load(default_path)
+            self._note(defaults, os.path.relpath(default_path, repo_root()))
+            user_part = OmegaConf.create({"datasets": {name: datasets[name]}})
+            self._note(user_part, cfg_path)
+            merged = OmegaConf.merge(merged, defaults, user_part)
+        return merged
+
+    # -- validation --------------------------------------------------------------------------
+    def origin(self, key: str) -> str:
+        """Where a flattened key (``model.llama_model``) was last set."""
+        return self.origins.get(key, "the package defaults")
+
+    def _check_model_keys(self) -> None:
+        model_cls = registry.get_model_class(self.config.model.arch)
+        allowed = model_cls.config_keys()
+        for key in self.config.model.keys():
+            if key not in allowed:
+                raise ConfigError(
+                    f"Unknown model key 'model.{key}' (set in {self.origin('model.' + key)}).{_suggest(key, allowed)} "
+                    f"Remove it or use one of: {', '.join(sorted(allowed))}."
+                )
+
+    def check_model_paths(self) -> None:
+        """Fail early when a weight path is still a placeholder or does not exist."""
+        model = self.config.model
+        for key, url_ok in MODEL_PATH_KEYS.items():
+            value = model.get(key)
+            if not value or (url_ok and is_url(value)):
+                continue
+            full = f"model.{key}"
+            fix = f"set {full} in {self.origin(full)} or pass --options {full}=/your/path"
+            if str(value).startswith(PLACEHOLDER_PREFIX):
+                raise ConfigError(f"{full} is still the placeholder {value!r} (from {self.origin(full)}): {fix}. See README.md, 'Weights'.")
+            if not os.path.exists(os.path.expanduser(str(value))):
+                raise ConfigError(f"{full} = {value!r} (from {self.origin(full)}) does not exist: {fix}.")
+
+    # -- accessors (original names) ---------------------------------------------------------
+    @property
+    def run_cfg(self) -> DictConfig:
+        return self.config.run
+
+    @property
+    def datasets_cfg(self) -> DictConfig:
+        return self.config.get("datasets", OmegaConf.create())
+
+    @property
+    def model_cfg(self) -> DictConfig:
+        return self.config.model
+
+    def get_config(self) -> DictConfig:
+        return self.config
+
+    def to_dict(self) -> dict:
+        return OmegaConf.to_container(self.config)
+
+    def pretty_print(self) -> None:
+        log = logging.getLogger(__name__)
+        log.info("\n=====  Running Parameters    =====")
+        log.info(json.dumps(OmegaConf.to_container(self.config.run, resolve=True), indent=4, sort_keys=True))
+        log.info("\n======  Dataset Attributes  ======")
+        for name, node in self.datasets_cfg.items():
+            log.info(f"\n======== {name} =======")
+            log.info(json.dumps(OmegaConf.to_container(node, resolve=True), indent=4, sort_keys=True))
+        log.info("\n======  Model Attributes  ======")
+        log.info(json.dumps(OmegaConf.to_container(self.config.model, resolve=True), indent=4, sort_keys=True))
