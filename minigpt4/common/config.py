@@ -229,3 +229,15 @@ class Config:
             log.info(json.dumps(OmegaConf.to_container(node, resolve=True), indent=4, sort_keys=True))
         log.info("\n======  Model Attributes  ======")
         log.info(json.dumps(OmegaConf.to_container(self.config.model, resolve=True), indent=4, sort_keys=True))
+
+
+def _tiny_weights(preset: str, name: str) -> str:
+    """``${minigpt4_tiny:tiny,llama}``: a file of the generated small model, made on first use."""
+    from minigpt4.tools.make_tiny import ensure_tiny
+
+    return str(ensure_tiny(preset) / name)
+
+
+if not OmegaConf.has_resolver("minigpt4_tiny"):
+    # omegaconf 2.4 renamed register_new_resolver to register_resolver
+    getattr(OmegaConf, "register_resolver", OmegaConf.register_new_resolver)("minigpt4_tiny", _tiny_weights)

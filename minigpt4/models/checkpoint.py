@@ -1,0 +1,105 @@
+"""Reading weight files safely and loading them strictly.
+
+Every file goes through :func:`load_weights_file` (``torch.load(weights_only=True)`` or safetensors,
+so a downloaded file cannot run code) and every load through :func:`strict_load`, which raises on
+an unexpected key, a missing key or a wrong shape, naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from minigpt4.common.config import is_url
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A weight file that cannot be used as asked; the message says which file, key and fix."""
+
+
+def cache_root() -> Path:
+    """Where downloads and generated weights live: ``$MINIGPT4_CACHE`` or ``~/.cache/minigpt4``."""
+    return Path(os.environ.get("MINIGPT4_CACHE", "~/.cache/minigpt4")).expanduser()
+
+
+def resolve_weights(path_or_url: str, what: str, key: str) -> Path:
+    """Local path of a weight file; a URL is downloaded once into ``cache_root()/checkpoints``."""
+    if not path_or_url:
+        raise CheckpointError(f"No {what} weights given: set model.{key} to a file path or URL.")
+    if is_url(path_or_url):
+        target = cache_root() / "checkpoints" / os.path.basename(path_or_url.split("?")[0])
+        if not target.exists():
+            from minigpt4.common.dist_utils import download_once
+
+            download_once(path_or_url, target)
+        return target
+    path = Path(os.path.expanduser(path_or_url))
+    if not path.is_file():
+        raise CheckpointError(
+            f"{what} weights file {str(path)!r} (model.{key}) does not exist. "
+            f"Download it (see README.md, 'Weights') and set model.{key} to its path."
+        )
+    return path
+
+
+def load_weights_file(path: str | Path, what: str = "checkpoint") -> dict:
+    """Read a ``.pth``/``.bin`` (weights only) or ``.safetensors`` file into a dict on the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} file {str(path)!r} does not exist.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors, truncated files, non-tensor objects
+        raise CheckpointError(
+            f"Could not read {what} file {str(path)!r} as a weights-only PyTorch checkpoint ({err}). "
+            "Check that the download is complete and that it is the right file."
+        ) from err
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{what} file {str(path)!r} holds a {type(obj).__name__}, not a state dict.")
+    return dict(obj)
+
+
+def _fmt(keys: Iterable[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def strict_load(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    what: str,
+    allowed_missing: Iterable[str] = (),
+    allow_partial: bool = False,
+) -> list[str]:
+    """Load ``state_dict`` into ``module``; raise on unexpected keys, wrong shapes, and missing keys
+    (unless listed in ``allowed_missing`` or ``allow_partial``). Returns the loaded key names."""
+    expected = module.state_dict()
+    unexpected = [k for k in state_dict if k not in expected]
+    if unexpected:
+        raise CheckpointError(f"{what}: unexpected keys {_fmt(unexpected)}. Is this the right checkpoint for this model?")
+    for k, v in state_dict.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise CheckpointError(
+                f"{what}: key {k!r} has shape {tuple(v.shape)} in the checkpoint but {tuple(expected[k].shape)} "
+                "in the model. The checkpoint was made for another architecture or size; check the model config."
+            )
+    allowed = set(allowed_missing)
+    missing = [k for k in expected if k not in state_dict and k not in allowed]
+    if missing and not allow_partial:
+        raise CheckpointError(f"{what}: missing keys {_fmt(missing)}.")
+    with torch.no_grad():
+        for k, v in state_dict.items():
+            expected[k].copy_(v.to(expected[k].dtype))
+    return list(state_dict)

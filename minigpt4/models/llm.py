@@ -1,0 +1,65 @@
+"""The Vicuna (LLaMA) language model and its tokenizer, through the transformers Auto classes."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from minigpt4.common.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def _llm_dir(llama_model: str) -> Path:
+    if not llama_model:
+        raise ConfigError("model.llama_model is empty: set it to a local Vicuna v0 HF directory (see README.md, 'Weights').")
+    path = Path(os.path.expanduser(str(llama_model)))
+    if not path.is_dir():
+        raise ConfigError(
+            f"model.llama_model {str(path)!r} is not a directory. Point it at a Hugging Face format Vicuna v0 "
+            "folder (config.json, tokenizer.model, weights); see README.md, 'Weights'."
+        )
+    return path
+
+
+def load_tokenizer(llama_model: str):
+    """The LLaMA SentencePiece tokenizer; pad = EOS as the original (so padding is masked as EOS)."""
+    path = _llm_dir(llama_model)
+    if not (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file():
+        raise ConfigError(
+            f"{str(path)!r} (model.llama_model) has no tokenizer.model: copy the LLaMA tokenizer.model "
+            "(and tokenizer_config.json) into it; Vicuna v0 folders made with FastChat's apply_delta have them."
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(path), use_fast=False, legacy=True)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_llm(llama_model: str, dtype: torch.dtype, low_resource: bool = False, device_8bit: int = 0):
+    """``LlamaForCausalLM`` in ``dtype``; with ``low_resource`` in 8-bit on GPU ``device_8bit``."""
+    path = _llm_dir(llama_model)
+    if not (path / "config.json").is_file():
+        raise ConfigError(f"{str(path)!r} (model.llama_model) has no config.json; it is not a Hugging Face model folder.")
+    kwargs = {"dtype": dtype}
+    if low_resource:
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "model.low_resource=True loads the LLM in 8-bit with bitsandbytes, which needs a CUDA GPU. "
+                "On CPU set --options model.low_resource=False (everything then runs in float32)."
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError("model.low_resource=True needs bitsandbytes: pip install -e '.[quant]'.")
+        from transformers import BitsAndBytesConfig
+
+        kwargs = {
+            "dtype": torch.float16,
+            "quantization_config": BitsAndBytesConfig(load_in_8bit=True),
+            "device_map": {"": int(device_8bit)},
+        }
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    return model

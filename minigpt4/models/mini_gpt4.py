@@ -1,0 +1,363 @@
+"""MiniGPT-4: frozen EVA ViT-g + frozen BLIP-2 Q-Former -> trainable ``llama_proj`` -> frozen Vicuna.
+
+Shapes for the released architecture (Vicuna-7B): image (B, 3, 224, 224) -> ViT (B, 257, 1408)
+-> ``ln_vision`` -> Q-Former (B, 32, 768) -> ``llama_proj`` (B, 32, 4096) = 32 soft tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from minigpt4.common.config import ConfigError, resolve_project_path
+from minigpt4.common.registry import registry
+from minigpt4.models.checkpoint import CheckpointError, load_weights_file, resolve_weights, strict_load
+from minigpt4.models.eva_vit import build_eva_vit, cast_linear_conv_, convert_eva_state_dict, vit_features
+from minigpt4.models.llm import load_llm, load_tokenizer
+from minigpt4.models.qformer import build_qformer, convert_blip2_state_dict, qformer_key_to_ours
+
+logger = logging.getLogger(__name__)
+
+LIBRARY_ROOT = Path(__file__).resolve().parents[1]
+EVA_VIT_G_URL = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/eva_vit_g.pth"
+BLIP2_FLANT5XXL_URL = (
+    "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/blip2_pretrained_flant5xxl.pth"
+)
+PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# Buffers the original saved in its checkpoints; they are recomputed here, so they are ignored on load.
+IGNORED_CKPT_SUFFIXES = ("position_ids", "rotary_emb.inv_freq")
+
+
+class LayerNormFp32(nn.LayerNorm):
+    """``ln_vision``: LayerNorm computed in fp32, result cast back to the input dtype (eps 1e-5)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).to(x.dtype)
+
+
+def _frozen_train(self, mode=True):
+    """Replaces ``train`` on frozen parts, so ``model.train()`` leaves them in eval mode."""
+    return self
+
+
+def _freeze(module: nn.Module) -> None:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+    module.train = _frozen_train.__get__(module)
+
+
+def _precision(name: str, key: str) -> torch.dtype:
+    if name not in PRECISIONS:
+        raise ConfigError(f"model.{key} must be one of {', '.join(PRECISIONS)}; got {name!r}.")
+    return PRECISIONS[name]
+
+
+@registry.register_model("mini_gpt4")
+class MiniGPT4(nn.Module):
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "pretrain_vicuna": "configs/models/minigpt4.yaml",
+        "pretrain_vicuna0": "configs/models/minigpt4.yaml",  # the later upstream name of the same preset
+        "tiny": "configs/models/minigpt4_tiny.yaml",
+        "mid": "configs/models/minigpt4_mid.yaml",
+    }
+    # ``from_config`` defaults where a key is absent (REFERENCE 2.5), plus the keys this package adds.
+    CONFIG_DEFAULTS = dict(
+        vit_model="eva_clip_g",
+        vit_ckpt=EVA_VIT_G_URL,
+        q_former_model=BLIP2_FLANT5XXL_URL,
+        image_size=224,
+        num_query_token=32,
+        llama_model="",
+        drop_path_rate=0,
+        use_grad_checkpoint=False,
+        vit_precision="fp16",
+        llama_precision="fp16",
+        freeze_vit=True,
+        freeze_qformer=True,
+        low_resource=False,
+        device_8bit=0,
+        prompt_path="",
+        prompt_template="",
+        max_txt_len=32,
+        end_sym="\n",
+        ckpt="",
+        vit_config=None,
+        qformer_config=None,
+    )
+    OTHER_KEYS = ("arch", "model_type", "prompt")  # ``prompt`` is read by nobody, as in the original
+
+    @classmethod
+    def config_keys(cls) -> set[str]:
+        return set(cls.CONFIG_DEFAULTS) | set(cls.OTHER_KEYS)
+
+    @classmethod
+    def model_types(cls) -> list[str]:
+        return sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)
+
+    @classmethod
+    def default_config_path(cls, model_type: str) -> str:
+        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
+            raise KeyError(f"Unknown model_type {model_type!r}; known model types: {', '.join(cls.model_types())}.")
+        return str(LIBRARY_ROOT / cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
+
+    def __init__(
+        self,
+        vit_model="eva_clip_g",
+        vit_ckpt=EVA_VIT_G_URL,
+        q_former_model=BLIP2_FLANT5XXL_URL,
+        image_size=224,
+        drop_path_rate=0,
+        use_grad_checkpoint=False,
+        vit_precision="fp16",
+        freeze_vit=True,
+        freeze_qformer=True,
+        num_query_token=32,
+        llama_model="",
+        llama_precision="fp16",
+        prompt_path="",
+        prompt_template="",
+        max_txt_len=32,
+        end_sym="\n",
+        low_resource=False,
+        device_8bit=0,
+        vit_config=None,
+        qformer_config=None,
+        device="cpu",
+    ):
+        super().__init__()
+        if vit_model != "eva_clip_g":
+            raise ConfigError(f"model.vit_model must be 'eva_clip_g' (the only vision encoder); got {vit_model!r}.")
+        device = torch.device(device)
+        on_gpu = device.type != "cpu"
+        self.low_resource = bool(low_resource)
+        self.vit_dtype = _precision(vit_precision, "vit_precision") if on_gpu else torch.float32
+        self.llm_dtype = _precision(llama_precision, "llama_precision") if on_gpu else torch.float32
+        # The original autocasts in fp16 on the GPU; bf16 where asked; never on the CPU.
+        half = [d for d in (self.llm_dtype, self.vit_dtype) if d != torch.float32]
+        self.autocast_dtype = half[0] if half else None
+        if not on_gpu and (vit_precision != "fp32" or llama_precision != "fp32"):
+            logger.info("Running on %s: every part in float32 (vit_precision/llama_precision apply on GPU only).", device)
+
+        logger.info("Loading VIT")
+        try:
+            self.visual_encoder = build_eva_vit(image_size, drop_path_rate, use_grad_checkpoint, vit_config)
+        except KeyError as err:
+            raise ConfigError(str(err.args[0])) from None
+        self._load_vit(vit_ckpt)
+        self.ln_vision = LayerNormFp32(self.visual_encoder.embed_dim)
+        if self.vit_dtype != torch.float32:
+            cast_linear_conv_(self.visual_encoder, self.vit_dtype)
+        if freeze_vit:
+            _freeze(self.visual_encoder)
+            _freeze(self.ln_vision)
+            logger.info("freeze vision encoder")
+
+        logger.info("Loading Q-Former")
+        try:
+            self.Qformer, self.query_tokens = build_qformer(num_query_token, self.visual_encoder.embed_dim, qformer_config)
+        except KeyError as err:
+            raise ConfigError(str(err.args[0])) from None
+        self._load_blip2(q_former_model)
+        if freeze_qformer:
+            _freeze(self.Qformer)
+            self.query_tokens.requires_grad_(False)
+            logger.info("freeze Qformer")
+
+        logger.info("Loading LLAMA")
+        self.llama_tokenizer = load_tokenizer(llama_model)
+        self.llama_model = load_llm(llama_model, self.llm_dtype, low_resource=self.low_resource, device_8bit=device_8bit)
+        for p in self.llama_model.parameters():
+            p.requires_grad_(False)
+
+        self.llama_proj = nn.Linear(self.Qformer.config.hidden_size, self.llama_model.config.hidden_size)
+        self.max_txt_len = max_txt_len
+        self.end_sym = end_sym
+        self.prompt_list = self.load_prompts(prompt_path, prompt_template)
+        self.place(device)
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _load_vit(self, vit_ckpt: str) -> None:
+        path = resolve_weights(vit_ckpt, "vision encoder (EVA ViT-g)", "vit_ckpt")
+        state = load_weights_file(path, "vision encoder (model.vit_ckpt)")
+        state = state.get("model", state) if isinstance(state.get("model"), dict) else state
+        state, dropped = convert_eva_state_dict(state, self.visual_encoder)
+        strict_load(self.visual_encoder, state, f"vision encoder {path}")
+        logger.info("Loaded %d vision tensors from %s (dropped on purpose: %d beyond depth)", len(state), path, len(dropped))
+
+    def _load_blip2(self, q_former_model: str) -> None:
+        path = resolve_weights(q_former_model, "BLIP-2 Q-Former", "q_former_model")
+        state = load_weights_file(path, "BLIP-2 checkpoint (model.q_former_model)")
+        if "model" not in state:
+            raise CheckpointError(f"BLIP-2 checkpoint {path} has no 'model' entry; is it a LAVIS BLIP-2 checkpoint?")
+        state, dropped = convert_blip2_state_dict(state["model"])
+        vit_state = {k[len("visual_encoder."):]: v for k, v in state.items() if k.startswith("visual_encoder.")}
+        if vit_state:  # the original loads these into the ViT too (whole-model non-strict load)
+            vit_state, vit_dropped = convert_eva_state_dict(vit_state, self.visual_encoder)
+            strict_load(self.visual_encoder, vit_state, f"vision weights in {path}", allow_partial=True)
+            dropped += vit_dropped
+        rest = {k: v for k, v in state.items() if not k.startswith("visual_encoder.")}
+        holder = nn.Module()  # the parts a BLIP-2 checkpoint must fill completely
+        holder.Qformer, holder.ln_vision = self.Qformer, self.ln_vision
+        holder.query_tokens = self.query_tokens
+        strict_load(holder, rest, f"BLIP-2 checkpoint {path}")
+        logger.info("load checkpoint from %s: %d tensors (dropped on purpose: %d unused by MiniGPT-4)", path, len(rest), len(dropped))
+
+    def load_checkpoint(self, ckpt: str) -> list[str]:
+        """Load a MiniGPT-4 checkpoint (``{"model": ...}`` or a bare state dict, ``.pth`` or
+        ``.safetensors``) in the original key layout. Every key must belong to the model; buffers the
+        original saved are ignored; frozen weights it does not hold stay as they are."""
+        path = Path(ckpt).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"model.ckpt {str(path)!r} does not exist; set model.ckpt to a MiniGPT-4 checkpoint file.")
+        logger.info("Load BLIP2-LLM Checkpoint: %s", path)
+        state = load_weights_file(path, "MiniGPT-4 checkpoint (model.ckpt)")
+        if isinstance(state.get("model"), dict):
+            state = state["model"]
+        state = {qformer_key_to_ours(k): v for k, v in state.items() if not k.endswith(IGNORED_CKPT_SUFFIXES)}
+        loaded = strict_load(self, state, f"MiniGPT-4 checkpoint {path}", allow_partial=True)
+        logger.info("Loaded %d tensors from %s: %s", len(loaded), path, ", ".join(sorted(loaded)))
+        return loaded
+
+    @staticmethod
+    def load_prompts(prompt_path: str, prompt_template: str) -> list[str]:
+        if not prompt_path:
+            return []
+        path = resolve_project_path(prompt_path)
+        if not path.is_file():
+            raise ConfigError(f"model.prompt_path {prompt_path!r} does not exist (looked in the working directory and the project root).")
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if "<ImageHere>" in line]
+        prompts = [prompt_template.format(line) for line in lines] if prompt_template else lines
+        logger.info("Load %d training prompts", len(prompts))
+        if prompts:
+            logger.info("Prompt Example \n%s", random.choice(prompts))
+        return prompts
+
+    # -- placement and precision --------------------------------------------------------------------
+    def place(self, device) -> "MiniGPT4":
+        """Move the model to ``device``; in ``low_resource`` mode the ViT stays on the CPU in fp32 (as
+        the original) and the 8-bit LLM stays where bitsandbytes put it."""
+        device = torch.device(device)
+        vit_device = torch.device("cpu") if self.low_resource else device
+        self.visual_encoder.to(vit_device)
+        self.ln_vision.to(vit_device)
+        if self.low_resource:
+            self.visual_encoder.float()
+        self.Qformer.to(device)
+        self.query_tokens.data = self.query_tokens.data.to(device)
+        self.llama_proj.to(device)
+        if not getattr(self.llama_model, "is_loaded_in_8bit", False):
+            self.llama_model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the Q-Former, the projection and the inputs live."""
+        return self.llama_proj.weight.device
+
+    def maybe_autocast(self):
+        # As the original: keyed on the vision encoder's device (CPU in low-resource mode -> no autocast).
+        vit_device = self.visual_encoder.cls_token.device
+        if vit_device.type == "cpu" or self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=vit_device.type, dtype=self.autocast_dtype)
+
+    # -- the model ------------------------------------------------------------------------------------
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llama_model.get_input_embeddings()(ids)
+
+    def encode_img(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) normalised images -> (``inputs_llama`` (B, Q, D_llm), ``atts_llama`` (B, Q) ones)."""
+        device = self.device
+        image = image.to(self.ln_vision.weight.device)
+        with self.maybe_autocast():
+            image_embeds = self.ln_vision(vit_features(self.visual_encoder, image)).to(device)
+            image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device)
+            query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+            query_output = self.Qformer(
+                query_embeds=query_tokens, encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts
+            )
+            inputs_llama = self.llama_proj(query_output.last_hidden_state)
+        atts_llama = torch.ones(inputs_llama.shape[:-1], dtype=torch.long, device=device)
+        return inputs_llama, atts_llama
+
+    def prompt_wrap(self, img_embeds, atts_img, prompt: str):
+        """Splice image embeddings into ``prompt`` at ``<ImageHere>`` (same prompt for the whole batch)."""
+        if not prompt:
+            return img_embeds, atts_img
+        p_before, p_after = prompt.split("<ImageHere>")
+        tok = self.llama_tokenizer
+        ids_before = tok(p_before, return_tensors="pt", add_special_tokens=False).input_ids.to(img_embeds.device)
+        ids_after = tok(p_after, return_tensors="pt", add_special_tokens=False).input_ids.to(img_embeds.device)
+        batch = img_embeds.shape[0]
+        before = self.embed_tokens(ids_before).expand(batch, -1, -1)
+        after = self.embed_tokens(ids_after).expand(batch, -1, -1)
+        wrapped = torch.cat([before.to(img_embeds.dtype), img_embeds, after.to(img_embeds.dtype)], dim=1)
+        return wrapped, atts_img[:, :1].expand(-1, wrapped.shape[1])
+
+    def build_training_inputs(self, samples: dict) -> dict:
+        """The LLM inputs of one training batch: ``inputs_embeds``, ``attention_mask``, ``labels``.
+
+        Layout per sample: [BOS | prompt before image | image tokens | prompt after | caption + end_sym
+        | right padding]; labels are -100 everywhere but the caption tokens (pad = EOS is masked too).
+        """
+        img_embeds, atts_img = self.encode_img(samples["image"])
+        if self.prompt_list:
+            img_embeds, atts_img = self.prompt_wrap(img_embeds, atts_img, random.choice(self.prompt_list))
+
+        tok = self.llama_tokenizer
+        tok.padding_side = "right"
+        texts = [t + self.end_sym for t in samples["text_input"]]
+        to_regress = tok(
+            texts, return_tensors="pt", padding="longest", truncation=True,
+            max_length=self.max_txt_len, add_special_tokens=False,
+        ).to(img_embeds.device)
+        text_targets = to_regress.input_ids.masked_fill(to_regress.input_ids == tok.pad_token_id, -100)
+        batch = img_embeds.shape[0]
+        prefix_targets = torch.full((batch, atts_img.shape[1] + 1), -100, dtype=torch.long, device=img_embeds.device)
+        targets = torch.cat([prefix_targets, text_targets], dim=1)
+
+        bos = torch.full((batch, 1), tok.bos_token_id, dtype=torch.long, device=img_embeds.device)
+        bos_embeds = self.embed_tokens(bos)
+        text_embeds = self.embed_tokens(to_regress.input_ids)
+        inputs_embeds = torch.cat([bos_embeds.to(img_embeds.dtype), img_embeds, text_embeds.to(img_embeds.dtype)], dim=1)
+        attention_mask = torch.cat([atts_img[:, :1], atts_img, to_regress.attention_mask], dim=1)
+        return {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask, "labels": targets}
+
+    def forward(self, samples: dict) -> dict:
+        inputs = self.build_training_inputs(samples)
+        with self.maybe_autocast():
+            outputs = self.llama_model(**inputs, return_dict=True)
+        return {"loss": outputs.loss}
+
+    # -- construction from a config -----------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg, device=None) -> "MiniGPT4":
+        """Build from a ``model`` config node. ``device`` defaults to ``cuda`` when available, else CPU."""
+        cfg = dict(cfg)
+        unknown = set(cfg) - cls.config_keys()
+        if unknown:
+            raise ConfigError(f"Unknown model keys: {', '.join(sorted(unknown))}; known: {', '.join(sorted(cls.config_keys()))}.")
+        kwargs = {k: cfg.get(k, default) for k, default in cls.CONFIG_DEFAULTS.items() if k != "ckpt"}
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = cls(**kwargs, device=device)
+        ckpt = cfg.get("ckpt", "")
+        if ckpt:
+            model.load_checkpoint(ckpt)
+        return model
+
+    def trainable_state_dict(self) -> dict:
+        """The tensors a checkpoint holds: every parameter that requires grad, in the original key layout."""
+        from minigpt4.models.qformer import qformer_key_to_original
+
+        return {
+            qformer_key_to_original(name): p.detach()
+            for name, p in self.named_parameters()
+            if p.requires_grad
+        }

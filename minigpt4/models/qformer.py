@@ -1,0 +1,88 @@
+"""The BLIP-2 Q-Former (query path only) on ``transformers.Blip2QFormerModel``, and the converter
+from the LAVIS BLIP-2 checkpoint layout (``Qformer.bert.…``) to it and back."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+from transformers import Blip2QFormerConfig, Blip2QFormerModel
+
+# bert-base-uncased, as the original reads it, plus BLIP-2's cross-attention settings.
+BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                 cross_attention_freq=2)
+QFORMER_CONFIG_KEYS = tuple(BERT_BASE)
+
+
+def build_qformer(num_query_token: int, vision_width: int, overrides=None, device=None):
+    """Return ``(qformer, query_tokens)``; ``overrides`` (``model.qformer_config``) replace bert-base values."""
+    arch = dict(BERT_BASE)
+    for key, value in dict(overrides or {}).items():
+        if key not in arch:
+            raise KeyError(f"Unknown model.qformer_config key {key!r}; known keys: {', '.join(QFORMER_CONFIG_KEYS)}.")
+        arch[key] = value
+    config = Blip2QFormerConfig(
+        hidden_size=arch["hidden_size"],
+        num_hidden_layers=arch["num_hidden_layers"],
+        num_attention_heads=arch["num_attention_heads"],
+        intermediate_size=arch["intermediate_size"],
+        cross_attention_frequency=arch["cross_attention_freq"],
+        encoder_hidden_size=vision_width,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        use_qformer_text_input=False,
+    )
+    config._attn_implementation = "eager"  # the original's math; sdpa differs only in rounding
+    with torch.device(device or "cpu"):
+        qformer = Blip2QFormerModel(config)
+        query_tokens = nn.Parameter(torch.zeros(1, num_query_token, arch["hidden_size"]))
+    if device is None or torch.device(device).type != "meta":
+        query_tokens.data.normal_(mean=0.0, std=0.02)
+    return qformer, query_tokens
+
+
+# Keys of the BLIP-2 checkpoint that MiniGPT-4 does not use, dropped on purpose (with the reason).
+BLIP2_DROPPED = [
+    (re.compile(r"^Qformer\.cls\."), "Q-Former MLM head (text only)"),
+    (re.compile(r"^Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings)\."), "text embeddings"),
+    (re.compile(r"^Qformer\.bert\.embeddings\.position_ids$"), "text position ids buffer"),
+    (re.compile(r"^Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\."), "text feed-forward"),
+    (re.compile(r"^(t5_proj|opt_proj|llm_proj|vision_proj|text_proj|itm_head)\."), "BLIP-2 heads"),
+    (re.compile(r"^(t5_model|opt_model|llm_model)\."), "BLIP-2 language model"),
+    (re.compile(r"^temp$"), "contrastive temperature"),
+]
+_PREFIX_PAIRS = [  # (original layout, this package's layout)
+    ("Qformer.bert.embeddings.LayerNorm.", "Qformer.layernorm."),
+    ("Qformer.bert.encoder.", "Qformer.encoder."),
+]
+
+
+def qformer_key_to_ours(key: str) -> str:
+    for original, ours in _PREFIX_PAIRS:
+        if key.startswith(original):
+            return (ours + key[len(original):]).replace("attention.self.", "attention.attention.")
+    return key
+
+
+def qformer_key_to_original(key: str) -> str:
+    for original, ours in _PREFIX_PAIRS:
+        if key.startswith(ours):
+            return (original + key[len(ours):]).replace("attention.attention.", "attention.self.")
+    return key
+
+
+def convert_blip2_state_dict(state_dict: dict) -> tuple[dict, list[str]]:
+    """Rename a LAVIS BLIP-2 state dict to this package's MiniGPT-4 names; return ``(renamed, dropped)``.
+
+    ``Qformer.*`` keys are renamed for ``Blip2QFormerModel``; ``query_tokens``, ``ln_vision.*`` and any
+    ``visual_encoder.*`` keys keep their names (the original loads those into the whole model)."""
+    out, dropped = {}, []
+    for key, value in state_dict.items():
+        if any(pattern.search(key) for pattern, _ in BLIP2_DROPPED):
+            dropped.append(key)
+            continue
+        out[qformer_key_to_ours(key)] = value
+    return out, dropped

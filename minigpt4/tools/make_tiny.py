@@ -1,0 +1,186 @@
+"""Write a small random MiniGPT-4 in the original checkpoint formats, for tests and the quickstart.
+
+    python -m minigpt4.tools.make_tiny --out DIR [--preset tiny|mid]
+
+``DIR`` receives ``eva_vit_g.pth`` (the released EVA layout, one block more than the model builds,
+like EVA-g's 40 -> 39), ``blip2_pretrained.pth`` (the LAVIS BLIP-2 layout, text-only parts and
+``t5_proj`` included), ``llama/`` (a Hugging Face LLaMA folder with a SentencePiece tokenizer trained
+here), ``minigpt4.pth`` (a MiniGPT-4 checkpoint: ``{"model": {llama_proj.*}}``) and ``config.yaml``
+(the matching ``model:`` keys). Everything is derived from a fixed seed, so the output is the same
+on every machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+PRESETS = {
+    "tiny": dict(
+        image_size=224, num_query_token=8,
+        vit=dict(embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.3637, patch_size=14),
+        qformer=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, cross_attention_freq=2),
+        llama=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+        vocab_size=320,
+    ),
+    "mid": dict(
+        image_size=224, num_query_token=32,
+        vit=dict(embed_dim=512, depth=8, num_heads=8, mlp_ratio=4.3637, patch_size=14),
+        qformer=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, cross_attention_freq=2),
+        llama=dict(hidden_size=1024, intermediate_size=2752, num_hidden_layers=8, num_attention_heads=16),
+        vocab_size=320,
+    ),
+}
+SEED = 20230617
+VERSION = 1  # bump when the output changes, so caches are rebuilt
+
+# Text the tiny tokenizer is trained on: the prompts and separators it will see, plus humour.
+_CORPUS = [
+    "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it to you. Please answer my questions.",
+    "###Human: <Img><ImageHere></Img> Describe this image in a funny way. ###Assistant: ",
+    "###Human: <Img><ImageHere></Img> Take a look at this image and tell a joke about it. ###Assistant: ",
+    "###Human: <Img><ImageHere></Img> Please provide a humourous description of the picture. ###Assistant: ",
+    "###Human: <Img><ImageHere></Img> Could you write a funny caption of this image for me? ###Assistant: ",
+    "When your cat thinks the laptop is a heated bed.###",
+    "Me pretending to understand the joke, again, for the third time today.###",
+    "The astronaut forgot the milk, so now we are all going back to the moon.###",
+    "This coffee is my emotional support beverage, do not touch it.###",
+    "When the rocket launches but your motivation stays on the ground.###",
+]
+
+
+def _write_tokenizer(folder: Path, vocab_size: int) -> None:
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 20), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", split_digits=True,
+        character_coverage=1.0, num_threads=1, minloglevel=2, hard_vocab_limit=False,
+    )
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    special = {name: {"content": text, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+               for name, text in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"))}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    config = {"add_bos_token": True, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+              "model_max_length": 2048, "pad_token": None, "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer",
+              **{k: dict(v, __type="AddedToken") for k, v in special.items()}}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def _vit_state(preset: dict) -> dict:
+    from minigpt4.models.eva_vit import build_eva_vit
+
+    vit_arch = dict(preset["vit"], depth=preset["vit"]["depth"] + 1)  # one extra block, like EVA-g's 40th
+    return build_eva_vit(preset["image_size"], overrides=vit_arch).state_dict()
+
+
+def _blip2_state(preset: dict) -> dict:
+    from minigpt4.models.qformer import build_qformer, qformer_key_to_original
+
+    qformer, query_tokens = build_qformer(preset["num_query_token"], preset["vit"]["embed_dim"], preset["qformer"])
+    state = {f"Qformer.{k}": v for k, v in qformer.state_dict().items()}
+    state = {qformer_key_to_original(k): v for k, v in state.items()}
+    hidden, inter = preset["qformer"]["hidden_size"], preset["qformer"]["intermediate_size"]
+    width = preset["vit"]["embed_dim"]
+    # the parts MiniGPT-4 does not use, present in every released BLIP-2 checkpoint
+    for i in range(preset["qformer"]["num_hidden_layers"]):
+        p = f"Qformer.bert.encoder.layer.{i}."
+        state[p + "intermediate.dense.weight"] = torch.randn(inter, hidden) * 0.02
+        state[p + "intermediate.dense.bias"] = torch.zeros(inter)
+        state[p + "output.dense.weight"] = torch.randn(hidden, inter) * 0.02
+        state[p + "output.dense.bias"] = torch.zeros(hidden)
+        state[p + "output.LayerNorm.weight"] = torch.ones(hidden)
+        state[p + "output.LayerNorm.bias"] = torch.zeros(hidden)
+    state["Qformer.bert.embeddings.word_embeddings.weight"] = torch.randn(64, hidden) * 0.02
+    state["Qformer.bert.embeddings.position_embeddings.weight"] = torch.randn(64, hidden) * 0.02
+    state["Qformer.cls.predictions.bias"] = torch.zeros(64)
+    state["t5_proj.weight"] = torch.randn(16, hidden) * 0.02
+    state["t5_proj.bias"] = torch.zeros(16)
+    state["query_tokens"] = query_tokens.detach()
+    state["ln_vision.weight"] = 1 + 0.1 * torch.randn(width)
+    state["ln_vision.bias"] = 0.1 * torch.randn(width)
+    return {"model": state}
+
+
+def _write_llama(folder: Path, preset: dict) -> int:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _write_tokenizer(folder, preset["vocab_size"])
+    import sentencepiece as spm
+
+    vocab = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).get_piece_size()
+    config = LlamaConfig(vocab_size=vocab, max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1,
+                         eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, **preset["llama"])
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(folder))
+    return config.hidden_size
+
+
+def make_tiny(out: str | Path, preset: str = "tiny") -> Path:
+    """Write the weights of ``preset`` into ``out`` (created; files are written atomically)."""
+    spec = PRESETS[preset]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        torch.manual_seed(SEED)
+        torch.save(_vit_state(spec), tmp / "eva_vit_g.pth")
+        torch.save(_blip2_state(spec), tmp / "blip2_pretrained.pth")
+        (tmp / "llama").mkdir()
+        llm_width = _write_llama(tmp / "llama", spec)
+        proj = torch.nn.Linear(spec["qformer"]["hidden_size"], llm_width)
+        torch.save({"model": {"llama_proj.weight": proj.weight.detach(), "llama_proj.bias": proj.bias.detach()}},
+                   tmp / "minigpt4.pth")
+        config = {
+            "image_size": spec["image_size"], "num_query_token": spec["num_query_token"],
+            "vit_config": spec["vit"], "qformer_config": spec["qformer"],
+            "vit_ckpt": str(out / "eva_vit_g.pth"), "q_former_model": str(out / "blip2_pretrained.pth"),
+            "llama_model": str(out / "llama"), "ckpt": str(out / "minigpt4.pth"),
+        }
+        from omegaconf import OmegaConf
+
+        OmegaConf.save(OmegaConf.create({"model": config}), tmp / "config.yaml")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def ensure_tiny(preset: str = "tiny") -> Path:
+    """The cached weights of ``preset`` (made on first use, under ``$MINIGPT4_CACHE``)."""
+    from minigpt4.models.checkpoint import cache_root
+
+    out = cache_root() / f"{preset}-v{VERSION}"
+    if not (out / "config.yaml").is_file():
+        from filelock import FileLock
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(out) + ".lock"):
+            if not (out / "config.yaml").is_file():
+                make_tiny(out, preset)
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    args = parser.parse_args(argv)
+    out = make_tiny(args.out, args.preset)
+    print(f"Wrote a {args.preset} MiniGPT-4 to {out}; its model keys are in {out / 'config.yaml'}.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Shared test set-up: a private weight cache (the tiny model is generated there once per
+machine), the golden fixtures, and a built tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def pytest_configure(config):
+    # Generated tiny weights live in the pytest cache folder, never in the user's cache; set before
+    # any config is resolved so subprocesses (torchrun, demo) inherit it.
+    os.environ.setdefault("MINIGPT4_CACHE", str(ROOT / ".pytest_cache" / "minigpt4-cache"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    """The generated tiny model folder (eva_vit_g.pth, blip2_pretrained.pth, llama/, minigpt4.pth)."""
+    from minigpt4.tools.make_tiny import ensure_tiny
+
+    return ensure_tiny("tiny")
+
+
+def make_config(cfg_path, options=None, check_paths=True):
+    import minigpt4  # noqa: F401  (registration)
+    from minigpt4.common.config import Config
+
+    return Config(SimpleNamespace(cfg_path=str(cfg_path), options=options), check_paths=check_paths)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    """The tiny eval model (eval_configs/minigpt4_tiny_eval.yaml) on CPU; do not train it in place."""
+    from minigpt4.common.registry import registry
+
+    cfg = make_config(ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml")
+    model = registry.get_model_class("mini_gpt4").from_config(cfg.model_cfg, device="cpu")
+    model.eval()
+    return model
