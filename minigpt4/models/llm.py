@@ -63,3 +63,35 @@ def load_llm(llama_model: str, dtype: torch.dtype, low_resource: bool = False, d
         }
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     return model
+
+
+class OriginalDecoder:
+    """Decode ids exactly as the original's slow ``LlamaTokenizer`` (transformers 4.28) did.
+
+    Runs of ordinary pieces go through SentencePiece; special tokens are written verbatim, with a
+    space before a special token that follows ordinary text. transformers 5 decodes byte-fallback
+    pieces differently, which changes the text of partial UTF-8 sequences."""
+
+    def __init__(self, tokenizer):
+        import sentencepiece as spm
+
+        self.tokenizer = tokenizer
+        vocab_file = getattr(tokenizer, "vocab_file", None)
+        self.sp = spm.SentencePieceProcessor(model_file=str(vocab_file)) if vocab_file and Path(vocab_file).is_file() else None
+        self.special = set(tokenizer.all_special_tokens)
+
+    def __call__(self, ids) -> str:
+        ids = [int(i) for i in ids]
+        if self.sp is None:
+            return self.tokenizer.decode(ids, skip_special_tokens=False)
+        text, run, prev_special = "", [], False
+        for i, piece in enumerate(self.sp.id_to_piece(j) for j in ids):
+            if piece in self.special:
+                if not prev_special and i != 0:
+                    text += " "
+                text += self.sp.decode_pieces(run) + piece
+                run, prev_special = [], True
+            else:
+                run.append(piece)
+                prev_special = False
+        return text + self.sp.decode_pieces(run)

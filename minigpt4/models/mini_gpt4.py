@@ -18,7 +18,7 @@ from minigpt4.common.config import ConfigError, resolve_project_path
 from minigpt4.common.registry import registry
 from minigpt4.models.checkpoint import CheckpointError, load_weights_file, resolve_weights, strict_load
 from minigpt4.models.eva_vit import build_eva_vit, cast_linear_conv_, convert_eva_state_dict, vit_features
-from minigpt4.models.llm import load_llm, load_tokenizer
+from minigpt4.models.llm import OriginalDecoder, load_llm, load_tokenizer
 from minigpt4.models.qformer import build_qformer, convert_blip2_state_dict, qformer_key_to_ours
 
 logger = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ class MiniGPT4(nn.Module):
 
         logger.info("Loading LLAMA")
         self.llama_tokenizer = load_tokenizer(llama_model)
+        self.decode_ids = OriginalDecoder(self.llama_tokenizer)
         self.llama_model = load_llm(llama_model, self.llm_dtype, low_resource=self.low_resource, device_8bit=device_8bit)
         for p in self.llama_model.parameters():
             p.requires_grad_(False)
