@@ -40,8 +40,10 @@ def load_tokenizer(llama_model: str):
     return tokenizer
 
 
-def load_llm(llama_model: str, dtype: torch.dtype, low_resource: bool = False, device_8bit: int = 0):
-    """``LlamaForCausalLM`` in ``dtype``; with ``low_resource`` in 8-bit on GPU ``device_8bit``."""
+def load_llm(llama_model: str, dtype: torch.dtype, low_resource: bool = False, device_8bit: int = 0,
+             load_weights: bool = True):
+    """``LlamaForCausalLM`` in ``dtype``; with ``low_resource`` in 8-bit on GPU ``device_8bit``.
+    ``load_weights=False`` builds the architecture of ``config.json`` with random weights (benchmarks)."""
     path = _llm_dir(llama_model)
     if not (path / "config.json").is_file():
         raise ConfigError(f"{str(path)!r} (model.llama_model) has no config.json; it is not a Hugging Face model folder.")
@@ -61,8 +63,11 @@ def load_llm(llama_model: str, dtype: torch.dtype, low_resource: bool = False, d
             "quantization_config": BitsAndBytesConfig(load_in_8bit=True),
             "device_map": {"": int(device_8bit)},
         }
-    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    return model
+    if not load_weights:
+        from transformers import AutoConfig
+
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)), dtype=dtype)
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
 
 
 class OriginalDecoder:

@@ -129,6 +129,7 @@ class MiniGPT4(nn.Module):
         vit_config=None,
         qformer_config=None,
         device="cpu",
+        load_weights=True,
     ):
         super().__init__()
         if vit_model != "eva_clip_g":
@@ -149,7 +150,8 @@ class MiniGPT4(nn.Module):
             self.visual_encoder = build_eva_vit(image_size, drop_path_rate, use_grad_checkpoint, vit_config)
         except KeyError as err:
             raise ConfigError(str(err.args[0])) from None
-        self._load_vit(vit_ckpt)
+        if load_weights:  # False only for benchmarks of an architecture without its weights
+            self._load_vit(vit_ckpt)
         self.ln_vision = LayerNormFp32(self.visual_encoder.embed_dim)
         if self.vit_dtype != torch.float32:
             cast_linear_conv_(self.visual_encoder, self.vit_dtype)
@@ -163,7 +165,8 @@ class MiniGPT4(nn.Module):
             self.Qformer, self.query_tokens = build_qformer(num_query_token, self.visual_encoder.embed_dim, qformer_config)
         except KeyError as err:
             raise ConfigError(str(err.args[0])) from None
-        self._load_blip2(q_former_model)
+        if load_weights:
+            self._load_blip2(q_former_model)
         if freeze_qformer:
             _freeze(self.Qformer)
             self.query_tokens.requires_grad_(False)
@@ -172,7 +175,8 @@ class MiniGPT4(nn.Module):
         logger.info("Loading LLAMA")
         self.llama_tokenizer = load_tokenizer(llama_model)
         self.decode_ids = OriginalDecoder(self.llama_tokenizer)
-        self.llama_model = load_llm(llama_model, self.llm_dtype, low_resource=self.low_resource, device_8bit=device_8bit)
+        self.llama_model = load_llm(llama_model, self.llm_dtype, low_resource=self.low_resource,
+                                    device_8bit=device_8bit, load_weights=load_weights)
         for p in self.llama_model.parameters():
             p.requires_grad_(False)
 
