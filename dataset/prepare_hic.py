@@ -50,7 +50,7 @@ import urllib.request
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterator
 
 IMAGE_INFO_CSV = "oxford_hic_image_info.csv"
 DATA_CSV = "oxford_hic_data.csv"
@@ -67,7 +67,6 @@ _URL_RE = re.compile(r"(?i)\b(?:https?://|www\.)\S+")
 _MENTION_RE = re.compile(r"(?<![\w@])@\w+")
 _THOUSANDS = re.compile(r"\d{1,3}(?:,\d{3})+")
 _PLAIN_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_WS = re.compile(r"\s+")
 
 # Transient failures worth retrying.
 _RETRY_HTTP = {408, 425, 429, 500, 502, 503, 504}
@@ -91,6 +90,8 @@ def parse_score(raw) -> int | float | None:
     """'12' -> 12, '1,234' -> 1234, ' 7 ' -> 7, '3.0' -> 3, '2.5' -> 2.5; empty/garbage/negative -> None."""
     if raw is None:
         return None
+    if raw.isascii() and raw.isdigit():  # the common case, fast
+        return int(raw)
     text = str(raw).strip().strip('"').strip()
     if not text:
         return None
@@ -108,7 +109,7 @@ def parse_score(raw) -> int | float | None:
 
 def clean_caption(raw: str) -> str:
     """Unicode NFC, all whitespace (newlines, tabs, NBSP) collapsed to single spaces, stripped."""
-    return _WS.sub(" ", unicodedata.normalize("NFC", raw)).strip()
+    return " ".join(unicodedata.normalize("NFC", raw).split())
 
 
 def order_key(image_id: str) -> float:
@@ -537,10 +538,10 @@ def step_download(args, out_dir: Path) -> dict:
     listed = 0
     rows_read = 0
 
-    # Append-only journal so that a killed run keeps its failures; a line is written in one call.
+    # Rewrite it clean first (a killed run may have left a torn last line), then use it as an
+    # append-only journal so that a killed run keeps its failures; one write() per line.
+    write_failures(failures_path, previous)
     journal = open(failures_path, "a", encoding="utf-8", newline="")
-    if journal.tell() == 0:
-        journal.write("image_id,url,reason\n")
     journal_writer = csv.writer(journal, lineterminator="\n")
 
     downloader = Downloader(args, out_dir)
@@ -1073,12 +1074,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_args(args) -> None:
-    if args.image_info_csv is None or args.data_csv is None:
-        if args.data_dir is None:
-            raise InputError("pass --data-dir DIR (the folder holding the two OxfordTVG-HIC CSVs) "
-                             "or both --image-info-csv and --data-csv")
-        args.image_info_csv = args.image_info_csv or args.data_dir / IMAGE_INFO_CSV
-        args.data_csv = args.data_csv or args.data_dir / DATA_CSV
+    need_info = args.step in ("all", "download")
+    need_data = args.step in ("all", "select")
+    for needed, attr, name, flag in ((need_info, "image_info_csv", IMAGE_INFO_CSV, "--image-info-csv"),
+                                     (need_data, "data_csv", DATA_CSV, "--data-csv")):
+        if needed and getattr(args, attr) is None:
+            if args.data_dir is None:
+                raise InputError(f"the {args.step} step reads {name}: pass --data-dir DIR (the folder holding the "
+                                 f"OxfordTVG-HIC CSVs) or {flag} FILE")
+            setattr(args, attr, args.data_dir / name)
     if args.val_fraction + args.test_fraction >= 1.0:
         raise InputError("--val-fraction + --test-fraction must be below 1 (something must be left to train on)")
     if args.timeout <= 0:
@@ -1131,8 +1135,6 @@ def main(argv=None) -> int:
     # Pixel counts are checked against --max-pixels; Pillow's own warning would only add noise.
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
-        if args.step in ("split", "export") and args.data_dir is None and args.image_info_csv is None:
-            args.data_dir = Path(".")  # CSVs are not read by these steps
         resolve_args(args)
         out_dir = args.out_dir
         out_dir.mkdir(parents=True, exist_ok=True)

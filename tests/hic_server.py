@@ -124,3 +124,28 @@ def make_image_bytes(size=(64, 48), mode="RGB", fmt="JPEG", color=(200, 30, 30),
     buf = io.BytesIO()
     img.save(buf, format=fmt, **save)
     return buf.getvalue()
+
+
+def _serve_forever_cli(argv=None) -> None:
+    """``python tests/hic_server.py --images N --latency S``: serve N distinct 320x240 JPEGs at
+    /img/<i>.jpg from a separate process (so a benchmark's client does not share its GIL), print the
+    base URL on stdout, stop when stdin closes."""
+    import argparse
+    import random
+    import sys
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--images", type=int, required=True)
+    p.add_argument("--latency", type=float, default=0.0)
+    args = p.parse_args(argv)
+    rng = random.Random(0)
+    with ImageServer(latency=args.latency) as srv:
+        for i in range(args.images):
+            color = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+            srv.routes[f"/img/{i}.jpg"] = Route(make_image_bytes((320, 240), color=color))
+        print(srv.base_url, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    _serve_forever_cli()
