@@ -9,6 +9,7 @@ from minigpt4.common.registry import registry
 from minigpt4.datasets import builders  # noqa: F401  (registration)
 from minigpt4 import models  # noqa: F401
 from minigpt4 import processors  # noqa: F401
+from minigpt4 import tasks  # noqa: F401
 
 root_dir = os.path.dirname(os.path.abspath(__file__))
 default_cfg = OmegaConf.load(os.path.join(root_dir, "configs/default.yaml"))

@@ -36,3 +36,65 @@ def download_once(url: str, target: Path) -> Path:
     if is_dist_avail_and_initialized():
         dist.barrier()
     return target
+
+
+def barrier() -> None:
+    if is_dist_avail_and_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` from rank ``src`` on every rank (the object itself without a process group)."""
+    if not is_dist_avail_and_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """One ``obj`` per rank, in rank order (``[obj]`` without a process group)."""
+    if not is_dist_avail_and_initialized():
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def init_distributed_mode(run_cfg) -> None:
+    """Start ``torch.distributed`` from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM
+    (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) variables; otherwise train in one process.
+
+    Sets ``run.distributed``, ``run.rank``, ``run.world_size``, ``run.gpu`` and ``run.dist_backend``
+    (nccl on CUDA, gloo on CPU). Unlike the original, SLURM's world size is read from the environment.
+    """
+    from datetime import timedelta
+
+    import logging
+
+    cuda = torch.cuda.is_available() and str(run_cfg.get("device", "cuda")).startswith("cuda")
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        gpu = int(os.environ.get("LOCAL_RANK", 0))
+    elif "SLURM_PROCID" in os.environ:
+        rank = int(os.environ["SLURM_PROCID"])
+        world_size = int(os.environ.get("SLURM_NTASKS", run_cfg.get("world_size", 1)))
+        gpu = int(os.environ.get("SLURM_LOCALID", rank % max(torch.cuda.device_count(), 1)))
+    else:
+        logging.getLogger(__name__).info("Not using distributed mode")
+        run_cfg.distributed = False
+        run_cfg.rank, run_cfg.world_size, run_cfg.gpu = 0, 1, 0
+        return
+
+    run_cfg.distributed = True
+    run_cfg.rank, run_cfg.world_size, run_cfg.gpu = rank, world_size, gpu
+    run_cfg.dist_backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(gpu)
+    dist_url = run_cfg.get("dist_url", "env://")
+    print(f"| distributed init (rank {rank}, world {world_size}): {dist_url}", flush=True)
+    dist.init_process_group(
+        backend=run_cfg.dist_backend, init_method=dist_url, world_size=world_size, rank=rank,
+        timeout=timedelta(days=365),  # as the original: rank 0 may spend long on checkpoints/eval
+    )
+    dist.barrier()

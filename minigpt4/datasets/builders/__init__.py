@@ -1,4 +1,9 @@
 from minigpt4.datasets.builders.base_dataset_builder import BaseDatasetBuilder
-from minigpt4.datasets.builders.image_text_pair_builder import CCSBUAlignBuilder
+from minigpt4.datasets.builders.image_text_pair_builder import (
+    CCSBUAlignBuilder,
+    CCSBUBuilder,
+    LaionBuilder,
+    OxfordHICBuilder,
+)
 
-__all__ = ["BaseDatasetBuilder", "CCSBUAlignBuilder"]
+__all__ = ["BaseDatasetBuilder", "CCSBUAlignBuilder", "CCSBUBuilder", "LaionBuilder", "OxfordHICBuilder"]

@@ -4,6 +4,7 @@ processors it names and returns ``{"train": dataset}``."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -14,6 +15,7 @@ LIBRARY_ROOT = Path(__file__).resolve().parents[2]
 
 
 class BaseDatasetBuilder:
+    name = "dataset"  # the registered name, for error messages
     train_dataset_cls = None
     DATASET_CONFIG_DICT: dict[str, str] = {}
 
@@ -42,18 +44,43 @@ class BaseDatasetBuilder:
             )
         return str(LIBRARY_ROOT / cls.DATASET_CONFIG_DICT[type])
 
-    @staticmethod
-    def _build_processor(node):
+    def _build_processor(self, node, where: str):
         if node is None:
             return None
-        return registry.get_processor_class(node.name).from_config(node)
+        from minigpt4.common.config import ConfigError
+
+        if node.get("name") is None:
+            raise ConfigError(f"datasets.{self.name}.{where} has no 'name' (e.g. blip2_image_train, blip_caption).")
+        try:
+            cls = registry.get_processor_class(node.name)
+        except KeyError as err:
+            raise ConfigError(f"datasets.{self.name}.{where}.name: {err}") from None
+        return cls.from_config(node)
 
     def build_processors(self) -> None:
         for attr, key in (("vis_processors", "vis_processor"), ("text_processors", "text_processor")):
             node = self.config.get(key)
             if node is not None:
-                getattr(self, attr)["train"] = self._build_processor(node.get("train"))
-                getattr(self, attr)["eval"] = self._build_processor(node.get("eval"))
+                getattr(self, attr)["train"] = self._build_processor(node.get("train"), f"{key}.train")
+                getattr(self, attr)["eval"] = self._build_processor(node.get("eval"), f"{key}.eval")
+
+    def storage(self) -> str:
+        """``build_info.storage``; a clear error while it is missing or still a placeholder."""
+        from minigpt4.common.config import ConfigError
+
+        storage = self.config.get("build_info", {}).get("storage")
+        key = f"datasets.{self.name}.build_info.storage"
+        if not storage:
+            raise ConfigError(f"{key} is not set.")
+        storage = os.path.expanduser(str(storage))
+        if not storage.startswith("/path/to/") and "{" not in storage:
+            from minigpt4.common.config import resolve_project_path
+
+            storage = str(resolve_project_path(storage))  # relative: working directory, then project root
+        if storage.startswith("/path/to/"):
+            raise ConfigError(f"{key} is still the placeholder {storage!r}: set it in your YAML or pass "
+                              f"--options {key}=/your/folder (see docs/TRAINING.md).")
+        return storage
 
     def build_datasets(self):
         logging.getLogger(__name__).info("Building datasets...")

@@ -1,31 +1,82 @@
-"""Builders for image-caption data: ``cc_sbu_align`` (stage 2, the Oxford HIC layout)."""
+"""Builders for image-caption data (REFERENCE 5): ``cc_sbu`` and ``laion`` (stage 1, webdataset
+shards), ``cc_sbu_align`` (stage 2) and ``oxford_hic`` (the same layout, plus evaluation splits).
+
+Storage problems (placeholder or missing path, missing shards, empty or malformed annotations,
+missing image files) raise here, at build time, naming the key or file -- not later in a worker."""
 
 from __future__ import annotations
 
 import logging
 import os
 
+from braceexpand import braceexpand
+
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders.base_dataset_builder import BaseDatasetBuilder
-from minigpt4.datasets.datasets.cc_sbu_dataset import CCSBUAlignDataset
+from minigpt4.datasets.datasets.cc_sbu_dataset import CCSBUAlignDataset, CCSBUDataset
+from minigpt4.datasets.datasets.hic_eval_dataset import HICEvalDataset
+from minigpt4.datasets.datasets.laion_dataset import LaionDataset
 
 logger = logging.getLogger(__name__)
 
 
-@registry.register_builder("cc_sbu_align")
-class CCSBUAlignBuilder(BaseDatasetBuilder):
-    train_dataset_cls = CCSBUAlignDataset
-    DATASET_CONFIG_DICT = {"default": "configs/datasets/cc_sbu/align.yaml"}
+class _ShardBuilder(BaseDatasetBuilder):
+    """A webdataset pipeline over ``build_info.storage`` (brace-expanded shard pattern)."""
 
     def build_datasets(self):
         logger.info("Building datasets...")
         self.build_processors()
-        storage = str(self.config.build_info.storage)
+        pattern = self.storage()
+        local = [p for p in braceexpand(pattern) if "://" not in p and not p.startswith("pipe:")]
+        missing = [p for p in local if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"datasets.{self.name}.build_info.storage {pattern!r}: {len(missing)} of {len(local)} shard(s) "
+                f"missing, e.g. {missing[0]!r}."
+            )
+        dataset = self.train_dataset_cls(
+            vis_processor=self.vis_processors["train"],
+            text_processor=self.text_processors["train"],
+            location=pattern,
+        ).inner_dataset
+        return {"train": dataset}
+
+
+@registry.register_builder("cc_sbu")
+class CCSBUBuilder(_ShardBuilder):
+    name = "cc_sbu"
+    train_dataset_cls = CCSBUDataset
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/cc_sbu/defaults.yaml"}
+
+
+@registry.register_builder("laion")
+class LaionBuilder(_ShardBuilder):
+    name = "laion"
+    train_dataset_cls = LaionDataset
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/laion/defaults.yaml"}
+
+
+@registry.register_builder("cc_sbu_align")
+class CCSBUAlignBuilder(BaseDatasetBuilder):
+    """``<storage>/filter_cap.json`` + ``<storage>/image/<image_id>.jpg``."""
+
+    name = "cc_sbu_align"
+    train_dataset_cls = CCSBUAlignDataset
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/cc_sbu/align.yaml"}
+
+    def folder(self) -> str:
+        storage = self.storage()
         if not os.path.isdir(storage):
             raise FileNotFoundError(
-                f"datasets.cc_sbu_align.build_info.storage {storage!r} does not exist: point it at a folder "
-                "with filter_cap.json and image/ (see dataset/README_HIC.md)."
+                f"datasets.{self.name}.build_info.storage {storage!r} does not exist: point it at a folder with "
+                "filter_cap.json and image/ (see docs/TRAINING.md)."
             )
+        return storage
+
+    def build_datasets(self):
+        logger.info("Building datasets...")
+        self.build_processors()
+        storage = self.folder()
         dataset = self.train_dataset_cls(
             vis_processor=self.vis_processors["train"],
             text_processor=self.text_processors["train"],
@@ -33,3 +84,28 @@ class CCSBUAlignBuilder(BaseDatasetBuilder):
             vis_root=os.path.join(storage, "image"),
         )
         return {"train": dataset}
+
+
+@registry.register_builder("oxford_hic")
+class OxfordHICBuilder(CCSBUAlignBuilder):
+    """The output folder of ``dataset/prepare_hic.py``: the ``cc_sbu_align`` layout for training, plus
+    ``val.json`` / ``test.json`` (every kept caption per image) when present, as ``val`` / ``test``
+    splits of :class:`HICEvalDataset` (the runner trains only on ``run.train_splits``)."""
+
+    name = "oxford_hic"
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/oxford_hic/defaults.yaml"}
+
+    def build_datasets(self):
+        datasets = super().build_datasets()
+        storage = self.folder()
+        vis_eval = self.vis_processors["eval"]
+        if vis_eval is None:
+            from minigpt4.processors import Blip2ImageEvalProcessor
+
+            train_node = self.config.get("vis_processor", {}).get("train") or {}
+            vis_eval = Blip2ImageEvalProcessor(image_size=train_node.get("image_size", 224))
+        for split in ("val", "test"):
+            path = os.path.join(storage, f"{split}.json")
+            if os.path.isfile(path):
+                datasets[split] = HICEvalDataset(vis_eval, os.path.join(storage, "image"), path)
+        return datasets

@@ -1,0 +1,123 @@
+"""Learning-rate schedules and the AdamW parameter groups, with the original's exact semantics
+(REFERENCE 6.3, 6.4). The schedulers are pure functions of ``(cur_epoch, cur_step)`` and set the same
+LR on every parameter group, so resuming needs no scheduler state."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from minigpt4.common.registry import registry
+
+logger = logging.getLogger(__name__)
+
+
+def warmup_lr_schedule(step: int, warmup_steps: int, init_lr: float, max_lr: float) -> float:
+    """Linear warmup from ``init_lr`` to ``max_lr`` over ``warmup_steps`` (capped at ``max_lr``)."""
+    return min(max_lr, init_lr + (max_lr - init_lr) * step / max(warmup_steps, 1))
+
+
+def cosine_lr_schedule(step: int, max_steps: int, init_lr: float, min_lr: float) -> float:
+    """Half-cosine from ``init_lr`` (step 0) to ``min_lr`` (step ``max_steps``)."""
+    return (init_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * step / max_steps)) + min_lr
+
+
+def step_lr_schedule(epoch: int, init_lr: float, min_lr: float, decay_rate: float) -> float:
+    return max(min_lr, init_lr * (decay_rate**epoch))
+
+
+def _set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+@registry.register_lr_scheduler("linear_warmup_cosine_lr")
+class LinearWarmupCosineLRScheduler:
+    """Warmup while the *global* step is below ``warmup_steps`` -- evaluated at the *in-epoch* step
+    (quirk 8) -- then a cosine over the global step counted from 0 (the warmup is not subtracted)."""
+
+    def __init__(self, optimizer, max_epoch, iters_per_epoch, min_lr, init_lr,
+                 warmup_steps=0, warmup_start_lr=-1, **kwargs):
+        self.optimizer = optimizer
+        self.max_epoch = max_epoch
+        self.iters_per_epoch = iters_per_epoch
+        self.min_lr = min_lr
+        self.init_lr = init_lr
+        self.warmup_steps = warmup_steps
+        self.warmup_start_lr = warmup_start_lr if warmup_start_lr >= 0 else init_lr
+
+    def lr_at(self, cur_epoch: int, cur_step: int) -> float:
+        total_cur_step = cur_epoch * self.iters_per_epoch + cur_step
+        if total_cur_step < self.warmup_steps:
+            return warmup_lr_schedule(cur_step, self.warmup_steps, self.warmup_start_lr, self.init_lr)
+        return cosine_lr_schedule(total_cur_step, self.max_epoch * self.iters_per_epoch, self.init_lr, self.min_lr)
+
+    def step(self, cur_epoch: int, cur_step: int) -> float:
+        lr = self.lr_at(cur_epoch, cur_step)
+        _set_lr(self.optimizer, lr)
+        return lr
+
+
+@registry.register_lr_scheduler("linear_warmup_step_lr")
+class LinearWarmupStepLRScheduler:
+    """Epoch 0: warmup at the in-epoch step; later epochs: ``max(min_lr, init_lr * decay_rate**epoch)``.
+
+    Unlike the original it has an ``iters_per_epoch`` attribute, so the runner can use it; it needs
+    ``run.lr_decay_rate``."""
+
+    def __init__(self, optimizer, max_epoch, min_lr, init_lr, decay_rate=1, warmup_start_lr=-1,
+                 warmup_steps=0, iters_per_epoch=None, **kwargs):
+        if decay_rate is None:
+            raise ValueError("linear_warmup_step_lr needs run.lr_decay_rate (e.g. 0.9); it is not set.")
+        self.optimizer = optimizer
+        self.max_epoch = max_epoch
+        self.iters_per_epoch = iters_per_epoch
+        self.min_lr = min_lr
+        self.init_lr = init_lr
+        self.decay_rate = decay_rate
+        self.warmup_steps = warmup_steps
+        self.warmup_start_lr = warmup_start_lr if warmup_start_lr >= 0 else init_lr
+
+    def lr_at(self, cur_epoch: int, cur_step: int) -> float:
+        if cur_epoch == 0:
+            return warmup_lr_schedule(cur_step, self.warmup_steps, self.warmup_start_lr, self.init_lr)
+        return step_lr_schedule(cur_epoch, self.init_lr, self.min_lr, self.decay_rate)
+
+    def step(self, cur_epoch: int, cur_step: int) -> float:
+        lr = self.lr_at(cur_epoch, cur_step)
+        _set_lr(self.optimizer, lr)
+        return lr
+
+
+def is_no_decay(name: str, param: torch.Tensor) -> bool:
+    """The original's rule: 1-D tensors and names containing "bias", "ln" or "bn" get no weight decay."""
+    return param.ndim < 2 or "bias" in name or "ln" in name or "bn" in name
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """``[decay group, no-decay group]`` over the trainable parameters, in ``named_parameters`` order."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        logger.info("trainable: %s", name)
+        (no_decay if is_no_decay(name, param) else decay).append(param)
+    logger.info("number of trainable parameters: %d", sum(p.numel() for p in decay + no_decay))
+    return [
+        {"params": decay, "weight_decay": float(weight_decay)},
+        {"params": no_decay, "weight_decay": 0},
+    ]
+
+
+def build_optimizer(model: torch.nn.Module, run_cfg) -> torch.optim.AdamW:
+    """AdamW as the original: lr ``init_lr``, betas ``(0.9, beta2 or 0.999)``, eps 1e-8."""
+    weight_decay = float(run_cfg.weight_decay)
+    beta2 = run_cfg.get("beta2", 0.999) or 0.999
+    return torch.optim.AdamW(
+        param_groups(model, weight_decay),
+        lr=float(run_cfg.init_lr),
+        weight_decay=weight_decay,
+        betas=(0.9, beta2),
+    )
