@@ -41,13 +41,15 @@ def load_tokenizer(llama_model: str):
 
 
 def load_llm(llama_model: str, dtype: torch.dtype, low_resource: bool = False, device_8bit: int = 0,
-             load_weights: bool = True):
+             load_weights: bool = True, device=None):
     """``LlamaForCausalLM`` in ``dtype``; with ``low_resource`` in 8-bit on GPU ``device_8bit``.
     ``load_weights=False`` builds the architecture of ``config.json`` with random weights (benchmarks)."""
     path = _llm_dir(llama_model)
     if not (path / "config.json").is_file():
         raise ConfigError(f"{str(path)!r} (model.llama_model) has no config.json; it is not a Hugging Face model folder.")
     kwargs = {"dtype": dtype}
+    if device is not None and torch.device(device).type == "cuda":
+        kwargs["device_map"] = {"": str(torch.device(device))}  # straight to the GPU, no CPU copy
     if low_resource:
         if not torch.cuda.is_available():
             raise ConfigError(

@@ -176,7 +176,7 @@ class MiniGPT4(nn.Module):
         self.llama_tokenizer = load_tokenizer(llama_model)
         self.decode_ids = OriginalDecoder(self.llama_tokenizer)
         self.llama_model = load_llm(llama_model, self.llm_dtype, low_resource=self.low_resource,
-                                    device_8bit=device_8bit, load_weights=load_weights)
+                                    device_8bit=device_8bit, load_weights=load_weights, device=device)
         for p in self.llama_model.parameters():
             p.requires_grad_(False)
 
