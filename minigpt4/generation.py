@@ -90,8 +90,14 @@ def open_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
             return img.convert("RGB")
     except ValueError:
         raise
-    except (OSError, Image.DecompressionBombError, SyntaxError) as err:
-        raise ValueError(f"{Path(str(path)).name}: not a readable image ({err}).") from err
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"{Path(str(path)).name}: the image is too large ({err}).") from err
+    except (OSError, SyntaxError) as err:
+        # PIL's message names the full path (a server's temporary folder in the demo): keep the file name only.
+        reason = str(err).replace(str(path), Path(str(path)).name)
+        if isinstance(err, Image.UnidentifiedImageError):
+            reason = "not an image format that can be read"
+        raise ValueError(f"{Path(str(path)).name}: not a readable image ({reason}).") from err
 
 
 # -- generation settings ----------------------------------------------------------------------------

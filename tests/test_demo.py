@@ -1,0 +1,229 @@
+"""demo.py end to end: a real server with the tiny model on a free localhost port, driven by headless
+Chromium (Playwright) and by gradio_client (two concurrent sessions)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CFG = ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+EXAMPLE = ROOT / "examples" / "image" / "coffee.jpg"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def example_image(tmp_path: Path) -> Path:
+    if EXAMPLE.is_file():
+        return EXAMPLE
+    import skimage.data
+    from PIL import Image
+
+    path = tmp_path / "coffee.jpg"
+    Image.fromarray(skimage.data.coffee()).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_url(tiny_dir, tmp_path_factory):
+    """``demo.py`` with the tiny config on CPU, listening on 127.0.0.1:<free port>."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("demo") / "demo.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost",
+           "no_proxy": "127.0.0.1,localhost"}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "demo.py"), "--cfg-path", str(TINY_CFG), "--device", "cpu",
+             "--port", str(port)],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"demo.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"demo.py did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        text = log_path.read_text()
+        # The server log may hold gradio's own traces of the errors we provoke; none is unexpected.
+        assert "Unexpected error" not in text, text[-3000:]
+
+
+def test_parse_args_defaults_are_local():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo_module", ROOT / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)  # importing builds nothing and launches nothing
+    args = demo.parse_args(["--cfg-path", str(TINY_CFG)])
+    assert args.host == "127.0.0.1" and args.share is False and args.gpu_id == 0 and args.device is None
+    assert demo.read_prompts(ROOT / "prompts" / "alignment.txt")[0] == "Describe this image in a funny way."
+
+
+def _toasts(page) -> str:
+    return "\n".join(page.locator(".toast-body").all_inner_texts())
+
+
+def _close_toasts(page) -> None:
+    for button in page.locator(".toast-close").all():
+        try:
+            button.click(timeout=1000)
+        except Exception:  # noqa: BLE001  (a toast that closed by itself)
+            pass
+
+
+@pytest.mark.slow
+def test_browser_chat_flow(demo_url, tmp_path):
+    """Acceptance 2: upload, start, humour prompt, streamed answer, restart; errors shown, app keeps serving."""
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"needs Debian's chromium at {CHROMIUM} (apt-get install -y chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    not_image = tmp_path / "notes.jpg"  # an image name, text inside: passes the browser, refused by the server
+    not_image.write_text("this is not a photo")
+    photo = example_image(tmp_path)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.goto(demo_url)
+            start = page.get_by_role("button", name="Upload & Start Chat")
+            start.wait_for(timeout=60_000)
+            expect(page.locator("#model-info")).to_contain_text("tiny")
+
+            # No image yet.
+            start.click()
+            expect(page.locator(".toast-body")).to_contain_text("No image yet", timeout=30_000)
+            _close_toasts(page)
+
+            # A file that is not an image.
+            file_input = page.locator("#image input[type=file]")
+            file_input.set_input_files(str(not_image))
+            expect(page.locator("#image img")).to_have_count(1, timeout=30_000)  # the upload finished
+            start.click()
+            expect(page.locator(".toast-body")).to_contain_text("not a readable image", timeout=30_000)
+            _close_toasts(page)
+            page.get_by_role("button", name="Restart").click()
+            expect(page.locator("#image img")).to_have_count(0, timeout=30_000)  # the restart finished
+
+            # The app keeps serving: upload a real photo and start.
+            page.locator("#image input[type=file]").set_input_files(str(photo))
+            expect(page.locator("#image img")).to_have_count(1, timeout=30_000)
+            page.get_by_role("button", name="Upload & Start Chat").click()
+            textbox = page.locator("#user-input textarea")
+            expect(textbox).to_be_enabled(timeout=60_000)
+            expect(page.get_by_role("button", name="Start Chatting")).to_be_disabled()
+
+            # An empty message.
+            textbox.press("Enter")
+            expect(page.locator(".toast-body")).to_contain_text("message is empty", timeout=30_000)
+            _close_toasts(page)
+
+            # A one-click humour prompt, greedy (the tiny model then talks for all 300 new tokens):
+            # the answer streams into the last bot message, growing over many updates.
+            page.get_by_label("Sampling (off: greedy or beam search)").uncheck()
+            page.locator("#prompt-0").click()
+            user_msg = page.locator("#chatbot [data-testid='user']").last
+            expect(user_msg).to_contain_text("Describe this image in a funny way.", timeout=60_000)
+            bot_msg = page.locator("#chatbot [data-testid='bot']").last
+            seen, last_change = [], time.monotonic()
+            deadline = last_change + 180
+            while time.monotonic() < deadline and time.monotonic() - last_change < 5:
+                text = bot_msg.inner_text() if bot_msg.count() else ""
+                if text and (not seen or seen[-1] != text):
+                    seen.append(text)
+                    last_change = time.monotonic()
+                time.sleep(0.02)
+            assert seen and seen[-1].strip(), "no answer appeared"
+            assert len(seen) > 1, "the answer arrived in one piece, not streamed"
+            page.screenshot(path=str(tmp_path / "demo.png"), full_page=True)
+            if os.environ.get("DEMO_SCREENSHOT"):
+                page.screenshot(path=os.environ["DEMO_SCREENSHOT"], full_page=True)
+            assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+            # Restart: chat cleared, text box locked until the next upload.
+            page.get_by_role("button", name="Restart").click()
+            expect(page.locator("#chatbot [data-testid='bot']")).to_have_count(0, timeout=30_000)
+            expect(textbox).to_be_disabled()
+            expect(page.get_by_role("button", name="Upload & Start Chat")).to_be_enabled()
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_two_sessions_are_separate_and_stream(demo_url, tmp_path):
+    """Acceptance 2b: two gradio_client sessions at once never see each other's conversation."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    photo = example_image(tmp_path)
+    questions = {"a": "Tell a joke about the cup.", "b": "What would the cup say on a Monday?"}
+    results, errors = {}, []
+
+    def session(name: str):
+        try:
+            client = Client(demo_url, verbose=False)
+            client.predict(handle_file(str(photo)), api_name="/upload")
+            history = []
+            for turn in range(2):
+                _, history = client.predict(f"{questions[name]} ({turn})", history, api_name="/ask")
+                job = client.submit(history, 1, 1.0, False, 12, api_name="/answer")
+                updates = list(job)
+                history = job.result()
+                results.setdefault(name, []).append(len(updates))
+            results[name + "_history"] = history
+        except Exception as err:  # noqa: BLE001
+            errors.append(f"{name}: {err!r}")
+
+    threads = [threading.Thread(target=session, args=(n,)) for n in questions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    for name, other in (("a", "b"), ("b", "a")):
+        history = results[name + "_history"]
+        texts = [part["text"] for message in history for part in message["content"]]
+        roles = [message["role"] for message in history]
+        assert roles == ["user", "assistant", "user", "assistant"]
+        assert texts[0] == f"{questions[name]} (0)" and texts[2] == f"{questions[name]} (1)"
+        assert not any(questions[other] in text for text in texts)
+        assert all(n > 1 for n in results[name]), "the answer was not streamed"
+
+    # A fresh session has no conversation of its own yet: a readable error, not someone else's chat.
+    fresh = Client(demo_url, verbose=False)
+    with pytest.raises(AppError, match="Upload an image"):
+        fresh.predict("hello", [], api_name="/ask")
+    with pytest.raises(AppError, match="not a readable image"):
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(b"\x89PNG but not really")
+        fresh.predict(handle_file(str(bad)), api_name="/upload")
