@@ -423,17 +423,11 @@ def test_cc_sbu_align_layout_and_builder(clean_run):
         assert isinstance(ann["image_id"], str) and ann["caption"].strip()
         assert (out / "image" / f"{ann['image_id']}.jpg").is_file()
 
-    # The builder is written in another issue. When it is registered we also load OUT/ through it;
-    # when it is not, the layout check above is the whole acceptance check (nothing is skipped).
-    try:
-        import minigpt4  # noqa: F401
-        from minigpt4.common.registry import registry
+    # ... and the cc_sbu_align builder reads the folder as it is.
+    import minigpt4  # noqa: F401
+    from minigpt4.common.registry import registry
 
-        builder_cls = registry.get_builder_class("cc_sbu_align")
-    except Exception:  # noqa: BLE001 - package or builder not there yet
-        builder_cls = None
-    if builder_cls is None:
-        return
+    builder_cls = registry.get_builder_class("cc_sbu_align")
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.create({"data_type": "images", "build_info": {"storage": str(out)},
