@@ -1,0 +1,1 @@
+"""Caption evaluation (metrics in ``captions``, the HTML report in ``report``)."""
