@@ -20,8 +20,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-import gradio as gr
 import torch
+
+try:
+    import gradio as gr
+except ImportError as err:  # an optional extra
+    raise ImportError("demo.py needs Gradio 6: pip install -e '.[demo]'") from err
 from transformers.generation.streamers import BaseStreamer
 
 from minigpt4.conversation.conversation import CONV_VISION, Chat, clean_answer
@@ -56,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompts", default=str(ROOT / "prompts" / "alignment.txt"),
                    help="the humour prompts shown as one-click buttons, one per line")
     p.add_argument("--examples", default=str(ROOT / "examples" / "image"), help="folder of example images")
+    p.add_argument("--seed", type=int, default=42, help="random seed (sampling); the original never seeded")
     return p.parse_args(argv)
 
 
@@ -313,6 +318,7 @@ def main(argv=None) -> int:
     from minigpt4.generation import load_for_inference
 
     device = resolve_device(args)
+    torch.manual_seed(args.seed)
     logger.info("Initializing Chat")
     model, vis_processor, info = load_for_inference(args.cfg_path, args.options, device=device, gpu_id=args.gpu_id)
     chat = Chat(model, vis_processor, device=device)

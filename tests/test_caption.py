@@ -187,3 +187,16 @@ def test_several_greedy_captions_are_refused(tiny_model, vis_processor, image_di
     sampled = captioner.generate([Image.open(image_dir / "coffee.jpg")], "Hi",
                                  GenerationSettings(do_sample=True, max_new_tokens=3), num_captions=2)
     assert len(sampled) == 1 and len(sampled[0]) == 2
+
+
+def test_open_image_refuses_huge_and_non_images(image_dir, tmp_path):
+    from minigpt4.generation import open_image
+
+    assert open_image(image_dir / "coffee.jpg").mode == "RGB"
+    with pytest.raises(ValueError, match="too large"):
+        open_image(image_dir / "coffee.jpg", max_pixels=100)
+    fake = tmp_path / "fake.png"
+    fake.write_text("hello")
+    with pytest.raises(ValueError, match="fake.png: not a readable image") as err:
+        open_image(fake)
+    assert str(tmp_path) not in str(err.value)  # no server paths in messages shown to users

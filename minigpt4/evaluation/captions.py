@@ -160,9 +160,12 @@ def load_captions(path) -> tuple[list[Candidate], list[dict]]:
 # -- metrics ----------------------------------------------------------------------------------------
 def reference_scores(candidates: list[Candidate], references: dict[str, list[Reference]]):
     """Corpus and per-candidate BLEU-1..4, ROUGE-L and CIDEr-D -> ``(corpus: dict, per_key: dict)``."""
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
+    try:
+        from pycocoevalcap.bleu.bleu import Bleu
+        from pycocoevalcap.cider.cider import Cider
+        from pycocoevalcap.rouge.rouge import Rouge
+    except ImportError as err:
+        raise EvaluationError("The caption metrics need pycocoevalcap: pip install -e '.[eval]'.") from err
 
     gts = {c.key: [" ".join(tokenize(r.caption)) for r in references[c.image_id]] for c in candidates}
     res = {c.key: [" ".join(tokenize(c.caption))] for c in candidates}
