@@ -110,7 +110,7 @@ def test_tiny_config_trains_and_checkpoints(tmp_path, tiny_dir):
     batch = example_batch(12)
     before, after = fixed_prompt_loss(initial, batch), fixed_prompt_loss(trained, batch)
     print(f"fixed-batch loss before {before:.4f} after {after:.4f}")
-    assert after < before - 0.02
+    assert after < before - 0.2  # 7.36 -> 6.90 on the tiny model
 
 
 @pytest.mark.slow
