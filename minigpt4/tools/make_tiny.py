@@ -37,11 +37,11 @@ PRESETS = {
         vit=dict(embed_dim=512, depth=8, num_heads=8, mlp_ratio=4.3637, patch_size=14),
         qformer=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, cross_attention_freq=2),
         llama=dict(hidden_size=1024, intermediate_size=2752, num_hidden_layers=8, num_attention_heads=16),
-        vocab_size=320,
+        vocab_size=1000,  # as many pieces as the corpus allows: prompts tokenise to Vicuna-like lengths
     ),
 }
 SEED = 20230617
-VERSION = 2  # bump when the output changes, so caches are rebuilt
+VERSION = 3  # bump when the output changes, so caches are rebuilt
 
 # Text the tiny tokenizer is trained on: the prompts and separators it will see, plus humour.
 _CORPUS = [
