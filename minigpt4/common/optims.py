@@ -33,13 +33,10 @@ def _set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-@registry.register_lr_scheduler("linear_warmup_cosine_lr")
-class LinearWarmupCosineLRScheduler:
-    """Warmup while the *global* step is below ``warmup_steps`` -- evaluated at the *in-epoch* step
-    (quirk 8) -- then a cosine over the global step counted from 0 (the warmup is not subtracted)."""
+class _WarmupScheduler:
+    """Shared state of the two schedulers; ``step`` sets ``lr_at(...)`` on every parameter group."""
 
-    def __init__(self, optimizer, max_epoch, iters_per_epoch, min_lr, init_lr,
-                 warmup_steps=0, warmup_start_lr=-1, **kwargs):
+    def __init__(self, optimizer, max_epoch, iters_per_epoch, min_lr, init_lr, warmup_steps=0, warmup_start_lr=-1):
         self.optimizer = optimizer
         self.max_epoch = max_epoch
         self.iters_per_epoch = iters_per_epoch
@@ -49,10 +46,7 @@ class LinearWarmupCosineLRScheduler:
         self.warmup_start_lr = warmup_start_lr if warmup_start_lr >= 0 else init_lr
 
     def lr_at(self, cur_epoch: int, cur_step: int) -> float:
-        total_cur_step = cur_epoch * self.iters_per_epoch + cur_step
-        if total_cur_step < self.warmup_steps:
-            return warmup_lr_schedule(cur_step, self.warmup_steps, self.warmup_start_lr, self.init_lr)
-        return cosine_lr_schedule(total_cur_step, self.max_epoch * self.iters_per_epoch, self.init_lr, self.min_lr)
+        raise NotImplementedError
 
     def step(self, cur_epoch: int, cur_step: int) -> float:
         lr = self.lr_at(cur_epoch, cur_step)
@@ -60,8 +54,24 @@ class LinearWarmupCosineLRScheduler:
         return lr
 
 
+@registry.register_lr_scheduler("linear_warmup_cosine_lr")
+class LinearWarmupCosineLRScheduler(_WarmupScheduler):
+    """Warmup while the *global* step is below ``warmup_steps`` -- evaluated at the *in-epoch* step
+    (quirk 8) -- then a cosine over the global step counted from 0 (the warmup is not subtracted)."""
+
+    def __init__(self, optimizer, max_epoch, iters_per_epoch, min_lr, init_lr,
+                 warmup_steps=0, warmup_start_lr=-1, **kwargs):
+        super().__init__(optimizer, max_epoch, iters_per_epoch, min_lr, init_lr, warmup_steps, warmup_start_lr)
+
+    def lr_at(self, cur_epoch: int, cur_step: int) -> float:
+        total_cur_step = cur_epoch * self.iters_per_epoch + cur_step
+        if total_cur_step < self.warmup_steps:
+            return warmup_lr_schedule(cur_step, self.warmup_steps, self.warmup_start_lr, self.init_lr)
+        return cosine_lr_schedule(total_cur_step, self.max_epoch * self.iters_per_epoch, self.init_lr, self.min_lr)
+
+
 @registry.register_lr_scheduler("linear_warmup_step_lr")
-class LinearWarmupStepLRScheduler:
+class LinearWarmupStepLRScheduler(_WarmupScheduler):
     """Epoch 0: warmup at the in-epoch step; later epochs: ``max(min_lr, init_lr * decay_rate**epoch)``.
 
     Unlike the original it has an ``iters_per_epoch`` attribute, so the runner can use it; it needs
@@ -71,24 +81,13 @@ class LinearWarmupStepLRScheduler:
                  warmup_steps=0, iters_per_epoch=None, **kwargs):
         if decay_rate is None:
             raise ValueError("linear_warmup_step_lr needs run.lr_decay_rate (e.g. 0.9); it is not set.")
-        self.optimizer = optimizer
-        self.max_epoch = max_epoch
-        self.iters_per_epoch = iters_per_epoch
-        self.min_lr = min_lr
-        self.init_lr = init_lr
+        super().__init__(optimizer, max_epoch, iters_per_epoch, min_lr, init_lr, warmup_steps, warmup_start_lr)
         self.decay_rate = decay_rate
-        self.warmup_steps = warmup_steps
-        self.warmup_start_lr = warmup_start_lr if warmup_start_lr >= 0 else init_lr
 
     def lr_at(self, cur_epoch: int, cur_step: int) -> float:
         if cur_epoch == 0:
             return warmup_lr_schedule(cur_step, self.warmup_steps, self.warmup_start_lr, self.init_lr)
         return step_lr_schedule(cur_epoch, self.init_lr, self.min_lr, self.decay_rate)
-
-    def step(self, cur_epoch: int, cur_step: int) -> float:
-        lr = self.lr_at(cur_epoch, cur_step)
-        _set_lr(self.optimizer, lr)
-        return lr
 
 
 def is_no_decay(name: str, param: torch.Tensor) -> bool:
