@@ -38,6 +38,17 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
+def override_preset(preset: dict, overrides, key: str) -> dict:
+    """``preset`` with the values of ``overrides`` (a config node such as ``model.vit_config``);
+    a name the preset does not have is a :class:`ConfigError` naming ``key``."""
+    merged = dict(preset)
+    for name, value in dict(overrides or {}).items():
+        if name not in merged:
+            raise ConfigError(f"Unknown {key} key {name!r}.{_suggest(name, merged)} Known keys: {', '.join(merged)}.")
+        merged[name] = value
+    return merged
+
+
 def is_url(value: str) -> bool:
     return isinstance(value, str) and value.startswith(("http://", "https://"))
 

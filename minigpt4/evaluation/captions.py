@@ -62,9 +62,8 @@ def _read_json_or_lines(path: Path):
         raise EvaluationError(f"{path} is empty.")
     try:
         return json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    rows = []
+    except json.JSONDecodeError:  # not one JSON document: read it as JSON lines below
+        rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:

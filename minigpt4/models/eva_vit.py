@@ -18,23 +18,19 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.eva import Eva
 from torch import nn
 
+from minigpt4.common.config import override_preset
 from minigpt4.models.checkpoint import CheckpointError
 
 logger = logging.getLogger(__name__)
 
 # The released EVA ViT-g/14 (``eva_vit_g.pth``), as built by MiniGPT-4: 39 blocks of 40.
 EVA_VIT_G = dict(embed_dim=1408, depth=39, num_heads=16, mlp_ratio=4.3637, patch_size=14)
-VIT_CONFIG_KEYS = tuple(EVA_VIT_G)
 
 
 def build_eva_vit(image_size: int, drop_path_rate: float = 0.0, use_grad_checkpoint: bool = False,
                   overrides=None, device=None) -> Eva:
     """Build the encoder; ``overrides`` (``model.vit_config``) replace the ViT-g values by name."""
-    arch = dict(EVA_VIT_G)
-    for key, value in dict(overrides or {}).items():
-        if key not in arch:
-            raise KeyError(f"Unknown model.vit_config key {key!r}; known keys: {', '.join(VIT_CONFIG_KEYS)}.")
-        arch[key] = value
+    arch = override_preset(EVA_VIT_G, overrides, "model.vit_config")
     vit = Eva(
         img_size=image_size,
         patch_size=arch["patch_size"],

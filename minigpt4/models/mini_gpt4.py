@@ -146,10 +146,7 @@ class MiniGPT4(nn.Module):
             logger.info("Running on %s: every part in float32 (vit_precision/llama_precision apply on GPU only).", device)
 
         logger.info("Loading VIT")
-        try:
-            self.visual_encoder = build_eva_vit(image_size, drop_path_rate, use_grad_checkpoint, vit_config)
-        except KeyError as err:
-            raise ConfigError(str(err.args[0])) from None
+        self.visual_encoder = build_eva_vit(image_size, drop_path_rate, use_grad_checkpoint, vit_config)
         if load_weights:  # False only for benchmarks of an architecture without its weights
             self._load_vit(vit_ckpt)
         self.ln_vision = LayerNormFp32(self.visual_encoder.embed_dim)
@@ -161,10 +158,7 @@ class MiniGPT4(nn.Module):
             logger.info("freeze vision encoder")
 
         logger.info("Loading Q-Former")
-        try:
-            self.Qformer, self.query_tokens = build_qformer(num_query_token, self.visual_encoder.embed_dim, qformer_config)
-        except KeyError as err:
-            raise ConfigError(str(err.args[0])) from None
+        self.Qformer, self.query_tokens = build_qformer(num_query_token, self.visual_encoder.embed_dim, qformer_config)
         if load_weights:
             self._load_blip2(q_former_model)
         if freeze_qformer:

@@ -9,19 +9,16 @@ import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
+from minigpt4.common.config import override_preset
+
 # bert-base-uncased, as the original reads it, plus BLIP-2's cross-attention settings.
 BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                  cross_attention_freq=2)
-QFORMER_CONFIG_KEYS = tuple(BERT_BASE)
 
 
 def build_qformer(num_query_token: int, vision_width: int, overrides=None, device=None):
     """Return ``(qformer, query_tokens)``; ``overrides`` (``model.qformer_config``) replace bert-base values."""
-    arch = dict(BERT_BASE)
-    for key, value in dict(overrides or {}).items():
-        if key not in arch:
-            raise KeyError(f"Unknown model.qformer_config key {key!r}; known keys: {', '.join(QFORMER_CONFIG_KEYS)}.")
-        arch[key] = value
+    arch = override_preset(BERT_BASE, overrides, "model.qformer_config")
     config = Blip2QFormerConfig(
         hidden_size=arch["hidden_size"],
         num_hidden_layers=arch["num_hidden_layers"],

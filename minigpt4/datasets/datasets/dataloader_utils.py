@@ -98,7 +98,7 @@ class StreamLoader:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """Webdataset streams restart from resampled shards: there is no position to restore (documented)."""
 
 
 class MultiIterLoader:

@@ -4,4 +4,4 @@ from minigpt4.datasets.datasets.cc_sbu_dataset import CCSBUDataset
 
 
 class LaionDataset(CCSBUDataset):
-    pass
+    """Same shards layout and pipeline as ``cc_sbu``; a separate class so logs and registry names differ."""
