@@ -86,6 +86,18 @@ def is_safe_image_id(image_id: str) -> bool:
     return bool(_SAFE_ID.fullmatch(image_id)) and ".." not in image_id and not image_id.startswith(".")
 
 
+def checked_image_id(row: dict, bad) -> str | None:
+    """The row's stripped ``image_id``, or ``None`` (counted in ``bad``) when it is empty or unsafe."""
+    image_id = row["image_id"].strip()
+    if not image_id:
+        bad["missing_image_id"] += 1
+        return None
+    if not is_safe_image_id(image_id):
+        bad["unsafe_image_id"] += 1
+        return None
+    return image_id
+
+
 def parse_score(raw) -> int | float | None:
     """'12' -> 12, '1,234' -> 1234, ' 7 ' -> 7, '3.0' -> 3, '2.5' -> 2.5; empty/garbage/negative -> None."""
     if raw is None:
@@ -574,13 +586,9 @@ def step_download(args, out_dir: Path) -> dict:
             if args.limit is not None and listed >= args.limit:
                 break
             rows_read += 1
-            image_id = row["image_id"].strip()
+            image_id = checked_image_id(row, bad)
             url = row["image_url"].strip()
-            if not image_id:
-                bad["missing_image_id"] += 1
-                continue
-            if not is_safe_image_id(image_id):
-                bad["unsafe_image_id"] += 1
+            if image_id is None:
                 continue
             if image_id in seen:
                 bad["duplicate_image_id"] += 1
@@ -705,12 +713,8 @@ def step_select(args, out_dir: Path) -> dict:
         last_id, last_part = None, 0
         for row in iter_csv(args.data_csv, ("image_id", "caption", "funny_score"), bad, "Caption CSV"):
             rows_read += 1
-            image_id = row["image_id"].strip()
-            if not image_id:
-                bad["missing_image_id"] += 1
-                continue
-            if not is_safe_image_id(image_id):
-                bad["unsafe_image_id"] += 1
+            image_id = checked_image_id(row, bad)
+            if image_id is None:
                 continue
             score = parse_score(row["funny_score"])
             if score is None:
