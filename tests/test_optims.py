@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 import minigpt4.runners  # noqa: F401  (registers the schedulers)
 from minigpt4.common.optims import build_optimizer, is_no_decay
 from minigpt4.common.registry import registry
-from conftest import ROOT
+from conftest import FIXTURES
 
 
 def _scheduler(name, **params):
@@ -20,10 +20,7 @@ def _scheduler(name, **params):
 
 
 def test_cosine_schedule_matches_golden_points():
-    path = ROOT.parent / "shared" / "golden" / "outputs.pth"
-    if not path.exists():
-        pytest.skip(f"golden outputs {path} not available")
-    golden = torch.load(path, weights_only=True)["lr_schedule"]
+    golden = torch.load(FIXTURES / "golden" / "outputs.pth", weights_only=True)["lr_schedule"]
     p = golden["params"]
     opt, sched = _scheduler(
         "linear_warmup_cosine_lr", max_epoch=p["max_epoch"], iters_per_epoch=p["iters_per_epoch"],
