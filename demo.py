@@ -253,9 +253,22 @@ def _payload_path(payload):
     return getattr(payload, "path", None)
 
 
+def short_path(value):
+    """A path as a person reads it: relative to the working directory when inside it, ``~`` for home."""
+    if not value:
+        return value
+    path = Path(str(value))
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            return prefix + str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return str(value)
+
+
 def model_markdown(info: dict) -> str:
-    rows = [("Config", info.get("cfg_path")), ("Model", f"{info.get('arch')} / {info.get('model_type')}"),
-            ("LLM", info.get("llama_model")), ("Checkpoint", info.get("ckpt")),
+    rows = [("Config", short_path(info.get("cfg_path"))), ("Model", f"{info.get('arch')} / {info.get('model_type')}"),
+            ("LLM", short_path(info.get("llama_model"))), ("Checkpoint", short_path(info.get("ckpt"))),
             ("Device", info.get("device") + (" (LLM in 8-bit)" if info.get("low_resource") else ""))]
     return "**Active model** — " + " · ".join(f"{k}: `{html.escape(str(v))}`" for k, v in rows if v)
 
