@@ -80,7 +80,9 @@ def test_prepare_train_caption_evaluate(tmp_path, tiny_dir):
     report = tmp_path / "report"
     assert evaluate.main(["--captions", str(captions), "--references", str(hic / "test.json"), "--out", str(report)]) == 0
     metrics = json.loads((report / "metrics.json").read_text())
-    assert json.dumps(metrics).count("CIDEr") >= 1
+    assert set(metrics["metrics"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"}
+    assert all(0 <= value for value in metrics["metrics"].values())
+    assert metrics["unmatched"]["captions_without_references"] == 0
     per_image = [json.loads(line) for line in (report / "per_image.jsonl").read_text().splitlines()]
     assert sorted({row["image_id"] for row in per_image}) == sorted(test_ids)
     assert (report / "index.html").read_text().count("<img") >= len(test_ids)
