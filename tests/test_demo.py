@@ -4,7 +4,6 @@ Chromium (Playwright) and by gradio_client (two concurrent sessions)."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys

@@ -4,7 +4,6 @@ their original formats, loaded through Config + the registry."""
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch

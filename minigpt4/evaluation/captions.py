@@ -12,7 +12,6 @@ import math
 import random
 import re
 import statistics
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -19,7 +19,12 @@ from minigpt4.common.registry import registry
 from minigpt4.models.checkpoint import CheckpointError, load_weights_file, resolve_weights, strict_load
 from minigpt4.models.eva_vit import build_eva_vit, cast_linear_conv_, convert_eva_state_dict, vit_features
 from minigpt4.models.llm import OriginalDecoder, load_llm, load_tokenizer
-from minigpt4.models.qformer import build_qformer, convert_blip2_state_dict, qformer_key_to_ours
+from minigpt4.models.qformer import (
+    build_qformer,
+    convert_blip2_state_dict,
+    qformer_key_to_original,
+    qformer_key_to_ours,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -353,8 +358,6 @@ class MiniGPT4(nn.Module):
 
     def trainable_state_dict(self) -> dict:
         """The tensors a checkpoint holds: every parameter that requires grad, in the original key layout."""
-        from minigpt4.models.qformer import qformer_key_to_original
-
         return {
             qformer_key_to_original(name): p.detach()
             for name, p in self.named_parameters()
