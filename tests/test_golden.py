@@ -103,8 +103,19 @@ def test_chat_greedy_generation(model, golden, variant):
     conv, img_list = CONV_VISION.copy(), []
     chat.upload_img(inputs["png_processed"], conv, img_list)
     chat.ask(inputs["chat_question"], conv)
-    mixed = chat.context_for_generation(conv.copy(), img_list, inputs["max_new_tokens"], 2000)
+    pending = conv.copy()
+    mixed = chat.context_for_generation(pending, img_list, inputs["max_new_tokens"], 2000)
+    assert pending.get_prompt() == expected["prompt"]
     torch.testing.assert_close(mixed, expected["mixed_embs"], atol=ATOL, rtol=0)
+
+    # per-step logits of the greedy search (4.28 applied no processor that changes them here)
+    with torch.no_grad():
+        gen = model.llama_model.generate(
+            inputs_embeds=mixed, attention_mask=torch.ones(mixed.shape[:2], dtype=torch.long),
+            max_new_tokens=inputs["max_new_tokens"], do_sample=False, num_beams=1,
+            stopping_criteria=chat.stopping_criteria, output_scores=True, return_dict_in_generate=True,
+        )
+    torch.testing.assert_close(torch.cat(gen.scores), expected["scores"], atol=ATOL, rtol=0)
 
     text, ids = chat.answer(conv, img_list, max_new_tokens=inputs["max_new_tokens"], num_beams=1, do_sample=False)
     assert conv.get_prompt().startswith(expected["prompt"])
