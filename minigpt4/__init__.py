@@ -3,21 +3,17 @@
 import os
 import sys
 
-from omegaconf import OmegaConf
-
 from minigpt4.common.registry import registry
 from minigpt4.datasets import builders  # noqa: F401  (registration)
 from minigpt4 import models  # noqa: F401
 from minigpt4 import processors  # noqa: F401
 from minigpt4 import tasks  # noqa: F401
 
-root_dir = os.path.dirname(os.path.abspath(__file__))
-default_cfg = OmegaConf.load(os.path.join(root_dir, "configs/default.yaml"))
+from minigpt4.models.checkpoint import cache_root  # noqa: E402
 
+root_dir = os.path.dirname(os.path.abspath(__file__))
 registry.register_path("library_root", root_dir)
 registry.register_path("repo_root", os.path.dirname(root_dir))
-registry.register_path(
-    "cache_root", os.path.expanduser(os.environ.get("MINIGPT4_CACHE", default_cfg.env.cache_root))
-)
+registry.register_path("cache_root", str(cache_root()))
 registry.register("MAX_INT", sys.maxsize)
 registry.register("SPLIT_NAMES", ["train", "val", "test"])

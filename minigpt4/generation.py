@@ -61,7 +61,7 @@ def load_for_inference(cfg_path: str, options: Sequence[str] | None = None, devi
     cfg = Config(argparse.Namespace(cfg_path=str(cfg_path), options=options or None))
     if device.type != "cuda" and cfg.model_cfg.get("low_resource", False):
         logger.warning("model.low_resource (8-bit LLM) needs CUDA; running on %s in float32 instead.", device)
-        cfg = Config(argparse.Namespace(cfg_path=str(cfg_path), options=options + ["model.low_resource=False"]))
+        cfg.model_cfg.low_resource = False
     model_cfg = cfg.model_cfg
     model = registry.get_model_class(model_cfg.arch).from_config(model_cfg, device=str(device))
     model.eval()

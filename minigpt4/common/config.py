@@ -53,9 +53,12 @@ def is_url(value: str) -> bool:
     return isinstance(value, str) and value.startswith(("http://", "https://"))
 
 
+LIBRARY_ROOT = Path(__file__).resolve().parents[1]  # the minigpt4 package folder
+
+
 def repo_root() -> Path:
     """The folder that holds the ``minigpt4`` package (the project root in a source checkout)."""
-    return Path(__file__).resolve().parents[2]
+    return LIBRARY_ROOT.parent
 
 
 def resolve_project_path(value: str) -> Path:

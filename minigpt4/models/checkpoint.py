@@ -25,8 +25,16 @@ class CheckpointError(ValueError):
 
 
 def cache_root() -> Path:
-    """Where downloads and generated weights live: ``$MINIGPT4_CACHE`` or ``~/.cache/minigpt4``."""
-    return Path(os.environ.get("MINIGPT4_CACHE", "~/.cache/minigpt4")).expanduser()
+    """Where downloads and generated weights live: ``$MINIGPT4_CACHE``, else ``env.cache_root`` of
+    ``minigpt4/configs/default.yaml`` (``~/.cache/minigpt4``)."""
+    configured = os.environ.get("MINIGPT4_CACHE")
+    if not configured:
+        from omegaconf import OmegaConf
+
+        from minigpt4.common.config import LIBRARY_ROOT
+
+        configured = OmegaConf.load(LIBRARY_ROOT / "configs" / "default.yaml").env.cache_root
+    return Path(configured).expanduser()
 
 
 def resolve_weights(path_or_url: str, what: str, key: str) -> Path:

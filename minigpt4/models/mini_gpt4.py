@@ -12,9 +12,10 @@ import random
 from pathlib import Path
 
 import torch
+from timm.layers import LayerNormFp32
 from torch import nn
 
-from minigpt4.common.config import ConfigError, resolve_project_path
+from minigpt4.common.config import LIBRARY_ROOT, ConfigError, resolve_project_path
 from minigpt4.common.registry import registry
 from minigpt4.models.checkpoint import CheckpointError, load_weights_file, resolve_weights, strict_load
 from minigpt4.models.eva_vit import build_eva_vit, cast_linear_conv_, convert_eva_state_dict, vit_features
@@ -28,7 +29,6 @@ from minigpt4.models.qformer import (
 
 logger = logging.getLogger(__name__)
 
-LIBRARY_ROOT = Path(__file__).resolve().parents[1]
 EVA_VIT_G_URL = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/eva_vit_g.pth"
 BLIP2_FLANT5XXL_URL = (
     "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/blip2_pretrained_flant5xxl.pth"
@@ -36,13 +36,6 @@ BLIP2_FLANT5XXL_URL = (
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Buffers the original saved in its checkpoints; they are recomputed here, so they are ignored on load.
 IGNORED_CKPT_SUFFIXES = ("position_ids", "rotary_emb.inv_freq")
-
-
-class LayerNormFp32(nn.LayerNorm):
-    """``ln_vision``: LayerNorm computed in fp32, result cast back to the input dtype (eps 1e-5)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
 
 
 def _frozen_train(self, mode=True):
@@ -154,7 +147,8 @@ class MiniGPT4(nn.Module):
         self.visual_encoder = build_eva_vit(image_size, drop_path_rate, use_grad_checkpoint, vit_config)
         if load_weights:  # False only for benchmarks of an architecture without its weights
             self._load_vit(vit_ckpt)
-        self.ln_vision = LayerNormFp32(self.visual_encoder.embed_dim)
+        # fp32 math, result in the input dtype; PyTorch's default eps 1e-5, unlike the ViT's 1e-6
+        self.ln_vision = LayerNormFp32(self.visual_encoder.embed_dim, eps=1e-5)
         if self.vit_dtype != torch.float32:
             cast_linear_conv_(self.visual_encoder, self.vit_dtype)
         if freeze_vit:

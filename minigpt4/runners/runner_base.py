@@ -297,10 +297,10 @@ class RunnerBase:
                 else:
                     self.optimizer.step()
                 self.optimizer.zero_grad()
-            lr = self.optimizer.param_groups[0]["lr"]
-            metric_logger.update(loss=loss.item(), lr=lr)
+            lr, loss_value = self.optimizer.param_groups[0]["lr"], loss.item()  # one device sync
+            metric_logger.update(loss=loss_value, lr=lr)
             if i % self.log_freq == 0 or i == n - 1:
-                self.record_metrics(epoch, i, loss.item(), lr)
+                self.record_metrics(epoch, i, loss_value, lr)
             if self.is_mid_epoch_save_point(i):
                 self.save_checkpoint(epoch, iters_done=i + 1)
         metric_logger.synchronize_between_processes()

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from minigpt4.common.config import LIBRARY_ROOT
 from minigpt4.common.registry import registry
-
-LIBRARY_ROOT = Path(__file__).resolve().parents[2]
+from minigpt4.processors.base_processor import BaseProcessor
 
 
 class BaseDatasetBuilder:
@@ -26,7 +26,7 @@ class BaseDatasetBuilder:
             cfg = self._load_default(cfg)
         self.config: DictConfig = cfg
         self.data_type = cfg.get("data_type", "images")
-        identity = registry.get_processor_class("blip_caption").__mro__[1]()  # BaseProcessor
+        identity = BaseProcessor()
         self.vis_processors = {"train": identity, "eval": identity}
         self.text_processors = {"train": identity, "eval": identity}
 
