@@ -17,7 +17,8 @@ import argparse
 import logging
 import sys
 
-from minigpt4.evaluation.captions import METRIC_NAMES, EvaluationError, evaluate, load_captions, load_references
+from minigpt4.common.errors import EvaluationError
+from minigpt4.evaluation.captions import METRIC_NAMES, evaluate, load_captions, load_references
 from minigpt4.evaluation.report import write_report
 
 logger = logging.getLogger("evaluate")

@@ -15,9 +15,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import minigpt4  # noqa: F401
-from minigpt4.common.config import ConfigError
+from minigpt4.common.errors import ConfigError
 from minigpt4.common.registry import registry
-from minigpt4.datasets.datasets.cc_sbu_dataset import DatasetError
+from minigpt4.common.errors import DatasetError
 from minigpt4.datasets.datasets.dataloader_utils import (
     InfiniteLoader, MultiIterLoader, ResumableDistributedSampler, StreamLoader,
 )

@@ -51,7 +51,7 @@ def test_vit_checkpoint_extra_block_is_dropped_silently(tiny_dir):
     ids=["unexpected", "missing", "wrong-shape"],
 )
 def test_vit_checkpoint_errors_name_the_key(tiny_dir, tmp_path, edit, needle):
-    from minigpt4.models.checkpoint import CheckpointError
+    from minigpt4.common.errors import CheckpointError
 
     bad = rewrite(tiny_dir / "eva_vit_g.pth", tmp_path / "vit.pth", edit)
     with pytest.raises(CheckpointError, match=needle.replace(".", r"\.")):
@@ -95,7 +95,7 @@ def test_blip2_checkpoint_loads_and_drops_unused_parts(tiny_dir):
     ids=["unexpected-qformer", "unexpected-head", "missing-query-tokens", "missing-layer", "wrong-shape"],
 )
 def test_blip2_checkpoint_errors_name_the_key(tiny_dir, tmp_path, edit, needle):
-    from minigpt4.models.checkpoint import CheckpointError
+    from minigpt4.common.errors import CheckpointError
 
     bad = rewrite(tiny_dir / "blip2_pretrained.pth", tmp_path / "blip2.pth", edit, wrapped=True)
     with pytest.raises(CheckpointError, match=needle.replace(".", r"\.")):
@@ -135,7 +135,7 @@ def test_minigpt4_checkpoint_ignores_original_buffers_and_loads_safetensors(tiny
 
 
 def test_checkpoint_of_another_architecture_is_rejected(tiny_dir, tmp_path):
-    from minigpt4.models.checkpoint import CheckpointError
+    from minigpt4.common.errors import CheckpointError
 
     torch.save({"model": {"llama_proj.weight": torch.zeros(4096, 768), "llama_proj.bias": torch.zeros(4096)}},
                tmp_path / "vicuna7b_proj.pth")
@@ -144,7 +144,7 @@ def test_checkpoint_of_another_architecture_is_rejected(tiny_dir, tmp_path):
 
 
 def test_checkpoint_with_unknown_key_is_rejected(tiny_dir, tmp_path):
-    from minigpt4.models.checkpoint import CheckpointError
+    from minigpt4.common.errors import CheckpointError
 
     torch.save({"model": {"llama_projection.weight": torch.zeros(2)}}, tmp_path / "typo.pth")
     with pytest.raises(CheckpointError, match="llama_projection.weight"):
@@ -152,7 +152,8 @@ def test_checkpoint_with_unknown_key_is_rejected(tiny_dir, tmp_path):
 
 
 def test_pickled_code_is_refused(tmp_path):
-    from minigpt4.models.checkpoint import CheckpointError, load_weights_file
+    from minigpt4.common.errors import CheckpointError
+    from minigpt4.models.checkpoint import load_weights_file
 
     torch.save({"model": {"w": torch.zeros(1)}, "hook": Evil()}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match="weights-only"):
@@ -161,21 +162,21 @@ def test_pickled_code_is_refused(tmp_path):
 
 # -- bad input ----------------------------------------------------------------------------------------
 def test_missing_weight_path_is_a_config_error(tmp_path):
-    from minigpt4.common.config import ConfigError
+    from minigpt4.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"model\.vit_ckpt.*does not exist.*--options"):
         make_config(TINY_EVAL, [f"model.vit_ckpt={tmp_path / 'nope.pth'}"])
 
 
 def test_placeholder_path_is_reported_with_the_file(tmp_path):
-    from minigpt4.common.config import ConfigError
+    from minigpt4.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"model\.ckpt is still the placeholder.*minigpt4_eval\.yaml"):
         make_config(ROOT / "eval_configs" / "minigpt4_eval.yaml", ["model.llama_model=" + str(tmp_path)])
 
 
 def test_llm_directory_without_tokenizer(tiny_dir, tmp_path):
-    from minigpt4.common.config import ConfigError
+    from minigpt4.common.errors import ConfigError
 
     llm = tmp_path / "llama"
     shutil.copytree(tiny_dir / "llama", llm)
@@ -185,7 +186,7 @@ def test_llm_directory_without_tokenizer(tiny_dir, tmp_path):
 
 
 def test_unknown_arch_model_type_and_key(tmp_path):
-    from minigpt4.common.config import ConfigError
+    from minigpt4.common.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"Unknown model name 'mini_gpt5'.*mini_gpt4"):
         make_config(TINY_EVAL, ["model.arch=mini_gpt5"])
@@ -198,7 +199,7 @@ def test_unknown_arch_model_type_and_key(tmp_path):
 
 
 def test_low_resource_without_gpu_is_a_clear_error(tiny_dir, monkeypatch):
-    from minigpt4.common.config import ConfigError
+    from minigpt4.common.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="low_resource.*CUDA GPU"):

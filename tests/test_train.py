@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 
 import minigpt4  # noqa: E402,F401
-from minigpt4.common.config import ConfigError  # noqa: E402
+from minigpt4.common.errors import ConfigError  # noqa: E402
 from minigpt4.common.optims import build_optimizer  # noqa: E402
 from minigpt4.common.registry import registry  # noqa: E402
 from minigpt4.runners.runner_base import create_job_dir  # noqa: E402

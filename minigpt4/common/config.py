@@ -21,71 +21,40 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from minigpt4.common.errors import ConfigError
+from minigpt4.common.paths import PROJECT_ROOT, is_url
 from minigpt4.common.registry import registry
+from minigpt4.common.schema import suggest
+from minigpt4.constants import PLACEHOLDER_PREFIX
 
 SECTIONS = ("model", "datasets", "run", "preprocess")
-PLACEHOLDER_PREFIX = "/path/to/"
 # model keys that name files or folders (checked at start-up; URLs are allowed where noted)
 MODEL_PATH_KEYS = {"llama_model": False, "ckpt": True, "vit_ckpt": True, "q_former_model": True}
 
 
-class ConfigError(ValueError):
-    """A configuration problem the user must fix; the message says what and how."""
-
-
-def _suggest(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
-def override_preset(preset: dict, overrides, key: str) -> dict:
-    """``preset`` with the values of ``overrides`` (a config node such as ``model.vit_config``);
-    a name the preset does not have is a :class:`ConfigError` naming ``key``."""
-    merged = dict(preset)
-    for name, value in dict(overrides or {}).items():
-        if name not in merged:
-            raise ConfigError(f"Unknown {key} key {name!r}.{_suggest(name, merged)} Known keys: {', '.join(merged)}.")
-        merged[name] = value
-    return merged
-
-
-def is_url(value: str) -> bool:
-    return isinstance(value, str) and value.startswith(("http://", "https://"))
-
-
-LIBRARY_ROOT = Path(__file__).resolve().parents[1]  # the minigpt4 package folder
-
-
-def repo_root() -> Path:
-    """The folder that holds the ``minigpt4`` package (the project root in a source checkout)."""
-    return LIBRARY_ROOT.parent
-
-
-def resolve_project_path(value: str) -> Path:
-    """Resolve a relative path against the working directory first, then the project root.
-
-    The original opened ``prompt_path`` relative to the working directory only, so scripts had to
-    be started from one folder; the fallback lets them start anywhere.
-    """
-    path = Path(os.path.expanduser(value))
-    if path.is_absolute() or path.exists():
-        return path
-    candidate = repo_root() / path
-    return candidate if candidate.exists() else path
+def _bad_option(item: str) -> ConfigError:
+    return ConfigError(
+        f"--options item {item!r} is not key=value: write each override as key=value "
+        "(e.g. --options model.ckpt=/data/checkpoint_29.pth run.init_lr=1e-4)."
+    )
 
 
 def parse_options(options: list[str] | None) -> list[str]:
-    """``--options`` as a dot-list: ``a.b=1 c=2`` or alternating ``a.b 1 c 2`` (as the original)."""
-    if not options:
-        return []
-    if "=" in options[0]:
-        return list(options)
-    if len(options) % 2:
-        raise ConfigError(
-            f"--options got an odd number of items {options}: give key=value pairs "
-            "(e.g. --options run.init_lr=1e-4) or alternating key value items."
-        )
-    return [f"{k}={v}" for k, v in zip(options[::2], options[1::2])]
+    """``--options`` as a dot-list. Every item is ``key=value`` (``a.b=1 c.d=x``); the original's
+    alternating form (``a.b 1 c.d x``, no ``=`` anywhere, an even count) is accepted too. Anything
+    else (a key without a value, mixed forms, ``a.b==2``) is an error naming the item."""
+    options = [str(item) for item in options or []]
+    if options and not any("=" in item for item in options):
+        if len(options) % 2:
+            raise _bad_option(options[-1] if len(options) == 1 else " ".join(options))
+        options = [f"{k}={v}" for k, v in zip(options[::2], options[1::2])]
+    items = []
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or value.startswith("=") or any(c.isspace() for c in key):
+            raise _bad_option(item)
+        items.append(f"{key.strip()}={value}")
+    return items
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
@@ -136,7 +105,7 @@ class Config:
         for key in node.keys():
             if key not in SECTIONS:
                 raise ConfigError(
-                    f"Unknown top-level section {key!r} in {origin}.{_suggest(key, SECTIONS)} "
+                    f"Unknown top-level section {key!r} in {origin}.{suggest(key, SECTIONS)} "
                     f"Valid sections: {', '.join(SECTIONS)}."
                 )
 
@@ -161,7 +130,7 @@ class Config:
         except KeyError as err:
             raise ConfigError(f"model.model_type in {cfg_path}: {err}") from None
         defaults = OmegaConf.load(default_path)
-        self._note(defaults, os.path.relpath(default_path, repo_root()))
+        self._note(defaults, os.path.relpath(default_path, PROJECT_ROOT))
         user_model = OmegaConf.create({"model": model})
         self._note(user_model, cfg_path)
         return OmegaConf.merge(defaults, user_model)
@@ -179,7 +148,7 @@ class Config:
             dataset_type = datasets[name].get("type", "default")
             default_path = builder_cls.default_config_path(dataset_type)
             defaults = OmegaConf.load(default_path)
-            self._note(defaults, os.path.relpath(default_path, repo_root()))
+            self._note(defaults, os.path.relpath(default_path, PROJECT_ROOT))
             user_part = OmegaConf.create({"datasets": {name: datasets[name]}})
             self._note(user_part, cfg_path)
             merged = OmegaConf.merge(merged, defaults, user_part)
@@ -196,7 +165,7 @@ class Config:
         for key in self.config.model.keys():
             if key not in allowed:
                 raise ConfigError(
-                    f"Unknown model key 'model.{key}' (set in {self.origin('model.' + key)}).{_suggest(key, allowed)} "
+                    f"Unknown model key 'model.{key}' (set in {self.origin('model.' + key)}).{suggest(key, allowed)} "
                     f"Remove it or use one of: {', '.join(sorted(allowed))}."
                 )
 
@@ -243,15 +212,3 @@ class Config:
             log.info(json.dumps(OmegaConf.to_container(node, resolve=True), indent=4, sort_keys=True))
         log.info("\n======  Model Attributes  ======")
         log.info(json.dumps(OmegaConf.to_container(self.config.model, resolve=True), indent=4, sort_keys=True))
-
-
-def _tiny_weights(preset: str, name: str) -> str:
-    """``${minigpt4_tiny:tiny,llama}``: a file of the generated small model, made on first use."""
-    from minigpt4.tools.make_tiny import ensure_tiny
-
-    return str(ensure_tiny(preset) / name)
-
-
-if not OmegaConf.has_resolver("minigpt4_tiny"):
-    # omegaconf 2.4 renamed register_new_resolver to register_resolver
-    getattr(OmegaConf, "register_resolver", OmegaConf.register_new_resolver)("minigpt4_tiny", _tiny_weights)

@@ -14,13 +14,10 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from minigpt4.common.errors import EvaluationError
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", re.IGNORECASE)
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
-
-
-class EvaluationError(ValueError):
-    """Inputs that cannot be evaluated; the message says which file and what is wrong."""
 
 
 def tokenize(text: str) -> list[str]:

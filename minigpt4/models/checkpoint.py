@@ -15,26 +15,10 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from minigpt4.common.config import is_url
+from minigpt4.common.errors import CheckpointError
+from minigpt4.common.paths import cache_root, is_url
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(ValueError):
-    """A weight file that cannot be used as asked; the message says which file, key and fix."""
-
-
-def cache_root() -> Path:
-    """Where downloads and generated weights live: ``$MINIGPT4_CACHE``, else ``env.cache_root`` of
-    ``minigpt4/configs/default.yaml`` (``~/.cache/minigpt4``)."""
-    configured = os.environ.get("MINIGPT4_CACHE")
-    if not configured:
-        from omegaconf import OmegaConf
-
-        from minigpt4.common.config import LIBRARY_ROOT
-
-        configured = OmegaConf.load(LIBRARY_ROOT / "configs" / "default.yaml").env.cache_root
-    return Path(configured).expanduser()
 
 
 def resolve_weights(path_or_url: str, what: str, key: str) -> Path:

@@ -18,8 +18,8 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.eva import Eva
 from torch import nn
 
-from minigpt4.common.config import override_preset
-from minigpt4.models.checkpoint import CheckpointError
+from minigpt4.common.schema import override_preset
+from minigpt4.common.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from minigpt4.common.config import ConfigError
+from minigpt4.common.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

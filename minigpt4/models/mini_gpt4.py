@@ -15,9 +15,11 @@ import torch
 from timm.layers import LayerNormFp32
 from torch import nn
 
-from minigpt4.common.config import LIBRARY_ROOT, ConfigError, resolve_project_path
+from minigpt4.common.errors import CheckpointError, ConfigError
+from minigpt4.common.paths import PACKAGE_ROOT, resolve_project_path
 from minigpt4.common.registry import registry
-from minigpt4.models.checkpoint import CheckpointError, load_weights_file, resolve_weights, strict_load
+from minigpt4.constants import BLIP2_FLANT5XXL_URL, EVA_VIT_G_URL, IMAGE_PLACEHOLDER
+from minigpt4.models.checkpoint import load_weights_file, resolve_weights, strict_load
 from minigpt4.models.eva_vit import build_eva_vit, cast_linear_conv_, convert_eva_state_dict, vit_features
 from minigpt4.models.llm import OriginalDecoder, load_llm, load_tokenizer
 from minigpt4.models.qformer import (
@@ -29,10 +31,6 @@ from minigpt4.models.qformer import (
 
 logger = logging.getLogger(__name__)
 
-EVA_VIT_G_URL = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/eva_vit_g.pth"
-BLIP2_FLANT5XXL_URL = (
-    "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/BLIP2/blip2_pretrained_flant5xxl.pth"
-)
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Buffers the original saved in its checkpoints; they are recomputed here, so they are ignored on load.
 IGNORED_CKPT_SUFFIXES = ("position_ids", "rotary_emb.inv_freq")
@@ -102,7 +100,7 @@ class MiniGPT4(nn.Module):
     def default_config_path(cls, model_type: str) -> str:
         if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
             raise KeyError(f"Unknown model_type {model_type!r}; known model types: {', '.join(cls.model_types())}.")
-        return str(LIBRARY_ROOT / cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
+        return str(PACKAGE_ROOT / cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
 
     def __init__(
         self,
@@ -229,7 +227,7 @@ class MiniGPT4(nn.Module):
         path = resolve_project_path(prompt_path)
         if not path.is_file():
             raise ConfigError(f"model.prompt_path {prompt_path!r} does not exist (looked in the working directory and the project root).")
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if "<ImageHere>" in line]
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if IMAGE_PLACEHOLDER in line]
         prompts = [prompt_template.format(line) for line in lines] if prompt_template else lines
         logger.info("Load %d training prompts", len(prompts))
         if prompts:
@@ -288,7 +286,7 @@ class MiniGPT4(nn.Module):
         """Splice image embeddings into ``prompt`` at ``<ImageHere>`` (same prompt for the whole batch)."""
         if not prompt:
             return img_embeds, atts_img
-        p_before, p_after = prompt.split("<ImageHere>")
+        p_before, p_after = prompt.split(IMAGE_PLACEHOLDER)
         tok = self.llama_tokenizer
         ids_before = tok(p_before, return_tensors="pt", add_special_tokens=False).input_ids.to(img_embeds.device)
         ids_after = tok(p_after, return_tensors="pt", add_special_tokens=False).input_ids.to(img_embeds.device)

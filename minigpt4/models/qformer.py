@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
-from minigpt4.common.config import override_preset
+from minigpt4.common.schema import override_preset
 
 # bert-base-uncased, as the original reads it, plus BLIP-2's cross-attention settings.
 BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset
 
 from minigpt4.common import dist_utils
-from minigpt4.common.config import ConfigError
+from minigpt4.common.errors import ConfigError
 from minigpt4.common.logger import MetricLogger, SmoothedValue
 from minigpt4.common.optims import build_optimizer
 from minigpt4.common.registry import registry

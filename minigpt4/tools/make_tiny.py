@@ -20,7 +20,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import sentencepiece as spm
 import torch
+from filelock import FileLock
+from omegaconf import OmegaConf
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from minigpt4.common.paths import cache_root
+from minigpt4.models.eva_vit import build_eva_vit
+from minigpt4.models.qformer import build_qformer, qformer_key_to_original
 
 PRESETS = {
     "tiny": dict(
@@ -59,8 +67,6 @@ _CORPUS = [
 
 
 def _write_tokenizer(folder: Path, vocab_size: int) -> None:
-    import sentencepiece as spm
-
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(_CORPUS * 20), model_writer=model, vocab_size=vocab_size, model_type="bpe",
@@ -79,15 +85,11 @@ def _write_tokenizer(folder: Path, vocab_size: int) -> None:
 
 
 def _vit_state(preset: dict) -> dict:
-    from minigpt4.models.eva_vit import build_eva_vit
-
     vit_arch = dict(preset["vit"], depth=preset["vit"]["depth"] + 1)  # one extra block, like EVA-g's 40th
     return build_eva_vit(preset["image_size"], overrides=vit_arch).state_dict()
 
 
 def _blip2_state(preset: dict) -> dict:
-    from minigpt4.models.qformer import build_qformer, qformer_key_to_original
-
     qformer, query_tokens = build_qformer(preset["num_query_token"], preset["vit"]["embed_dim"], preset["qformer"])
     state = {f"Qformer.{k}": v for k, v in qformer.state_dict().items()}
     state = {qformer_key_to_original(k): v for k, v in state.items()}
@@ -114,11 +116,7 @@ def _blip2_state(preset: dict) -> dict:
 
 
 def _write_llama(folder: Path, preset: dict) -> int:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     _write_tokenizer(folder, preset["vocab_size"])
-    import sentencepiece as spm
-
     vocab = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).get_piece_size()
     config = LlamaConfig(vocab_size=vocab, max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1,
                          eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, **preset["llama"])
@@ -148,8 +146,6 @@ def make_tiny(out: str | Path, preset: str = "tiny") -> Path:
             "vit_ckpt": str(out / "eva_vit_g.pth"), "q_former_model": str(out / "blip2_pretrained.pth"),
             "llama_model": str(out / "llama"), "ckpt": str(out / "minigpt4.pth"),
         }
-        from omegaconf import OmegaConf
-
         OmegaConf.save(OmegaConf.create({"model": config}), tmp / "config.yaml")
         if out.exists():
             shutil.rmtree(out)
@@ -162,17 +158,23 @@ def make_tiny(out: str | Path, preset: str = "tiny") -> Path:
 
 def ensure_tiny(preset: str = "tiny") -> Path:
     """The cached weights of ``preset`` (made on first use, under ``$MINIGPT4_CACHE``)."""
-    from minigpt4.models.checkpoint import cache_root
-
     out = cache_root() / f"{preset}-v{VERSION}"
     if not (out / "config.yaml").is_file():
-        from filelock import FileLock
-
         out.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(out) + ".lock"):
             if not (out / "config.yaml").is_file():
                 make_tiny(out, preset)
     return out
+
+
+def _tiny_weights(preset: str, name: str) -> str:
+    """``${minigpt4_tiny:tiny,llama}`` in a YAML: a file of the generated small model, made on first use."""
+    return str(ensure_tiny(preset) / name)
+
+
+if not OmegaConf.has_resolver("minigpt4_tiny"):
+    # omegaconf 2.4 renamed register_new_resolver to register_resolver
+    getattr(OmegaConf, "register_resolver", OmegaConf.register_new_resolver)("minigpt4_tiny", _tiny_weights)
 
 
 def main(argv=None) -> None:

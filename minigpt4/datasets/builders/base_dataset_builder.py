@@ -9,7 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from minigpt4.common.config import LIBRARY_ROOT
+from minigpt4.common.errors import ConfigError
+from minigpt4.common.paths import PACKAGE_ROOT, resolve_project_path
 from minigpt4.common.registry import registry
 from minigpt4.processors.base_processor import BaseProcessor
 
@@ -42,12 +43,11 @@ class BaseDatasetBuilder:
                 f"Unknown dataset config type {type!r} for {cls.__name__}; "
                 f"known types: {', '.join(sorted(cls.DATASET_CONFIG_DICT))}."
             )
-        return str(LIBRARY_ROOT / cls.DATASET_CONFIG_DICT[type])
+        return str(PACKAGE_ROOT / cls.DATASET_CONFIG_DICT[type])
 
     def _build_processor(self, node, where: str):
         if node is None:
             return None
-        from minigpt4.common.config import ConfigError
 
         if node.get("name") is None:
             raise ConfigError(f"datasets.{self.name}.{where} has no 'name' (e.g. blip2_image_train, blip_caption).")
@@ -66,7 +66,6 @@ class BaseDatasetBuilder:
 
     def storage(self) -> str:
         """``build_info.storage``; a clear error while it is missing or still a placeholder."""
-        from minigpt4.common.config import ConfigError
 
         storage = self.config.get("build_info", {}).get("storage")
         key = f"datasets.{self.name}.build_info.storage"
@@ -74,7 +73,6 @@ class BaseDatasetBuilder:
             raise ConfigError(f"{key} is not set.")
         storage = os.path.expanduser(str(storage))
         if not storage.startswith("/path/to/") and "{" not in storage:
-            from minigpt4.common.config import resolve_project_path
 
             storage = str(resolve_project_path(storage))  # relative: working directory, then project root
         if storage.startswith("/path/to/"):

@@ -17,12 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
+from minigpt4.common.errors import DatasetError
 
 logger = logging.getLogger(__name__)
-
-
-class DatasetError(ValueError):
-    """Bad dataset files or annotations; the message names the file and the entry."""
 
 
 def load_annotations(path: str) -> list[dict]:

@@ -9,7 +9,8 @@ import os
 from PIL import Image
 from torch.utils.data import Dataset
 
-from minigpt4.datasets.datasets.cc_sbu_dataset import DatasetError, check_images_exist
+from minigpt4.common.errors import DatasetError
+from minigpt4.datasets.datasets.cc_sbu_dataset import check_images_exist
 
 
 def load_eval_images(path: str) -> list[dict]:
