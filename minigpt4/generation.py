@@ -65,7 +65,7 @@ def load_for_inference(cfg_path: str, options: Sequence[str] | None = None, devi
     model_cfg = cfg.model_cfg
     model = registry.get_model_class(model_cfg.arch).from_config(model_cfg, device=str(device))
     model.eval()
-    vis_cfg = cfg.datasets_cfg.cc_sbu_align.vis_processor.train
+    vis_cfg = cfg.inference_vis_processor_cfg
     vis_processor = registry.get_processor_class(vis_cfg.name).from_config(vis_cfg)
     info = {
         "cfg_path": str(cfg_path),

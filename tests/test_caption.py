@@ -46,7 +46,7 @@ def vis_processor():
     from conftest import make_config
     from minigpt4.common.registry import registry
 
-    node = make_config(TINY_CFG).datasets_cfg.cc_sbu_align.vis_processor.train
+    node = make_config(TINY_CFG).inference_vis_processor_cfg
     return registry.get_processor_class(node.name).from_config(node)
 
 

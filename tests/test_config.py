@@ -52,7 +52,7 @@ def test_misspelled_section_and_missing_run(tmp_path):
         make_config(bad)
     no_run = write(tmp_path, "model: {arch: mini_gpt4, model_type: tiny}\n", "norun.yaml")
     with pytest.raises(ConfigError, match="no 'run:' section"):
-        make_config(no_run)
+        make_config(no_run).require_run()
     with pytest.raises(ConfigError, match="is not key=value"):
         make_config(TINY_EVAL, ["model.max_txt_len", "12", "run.seed"])
     with pytest.raises(ConfigError, match="does not exist"):

@@ -27,7 +27,7 @@ from minigpt4.common.registry import registry
 from minigpt4.common.schema import suggest
 from minigpt4.constants import PLACEHOLDER_PREFIX
 
-SECTIONS = ("model", "datasets", "run", "preprocess")
+SECTIONS = ("model", "datasets", "run", "inference", "preprocess")
 # model keys that name files or folders (checked at start-up; URLs are allowed where noted)
 MODEL_PATH_KEYS = {"llama_model": False, "ckpt": True, "vit_ckpt": True, "q_former_model": True}
 
@@ -82,9 +82,7 @@ class Config:
         options = OmegaConf.from_dotlist(parse_options(getattr(args, "options", None)))
         self._check_sections(options, "--options")
 
-        if "run" not in user:
-            raise ConfigError(f"{cfg_path} has no 'run:' section; add one (at least 'run: {{task: image_text_pretrain}}').")
-        runner_config = OmegaConf.create({"run": user.run})
+        runner_config = OmegaConf.create({"run": user.get("run") or {}})
         self._note(runner_config, cfg_path)
         model_config = self.build_model_config(user, options, cfg_path)
         dataset_config = self.build_dataset_config(user, cfg_path)
@@ -191,6 +189,32 @@ class Config:
     @property
     def datasets_cfg(self) -> DictConfig:
         return self.config.get("datasets", OmegaConf.create())
+
+    @property
+    def inference_vis_processor_cfg(self) -> DictConfig:
+        """The image processor for inference (demo, captioning, scoring): ``inference.vis_processor``.
+
+        Older eval configs (as the original's) set it at ``datasets.cc_sbu_align.vis_processor.train``;
+        that still works, with a notice saying where the value was found."""
+        node = self.config.get("inference", {}).get("vis_processor")
+        if node is not None:
+            return node
+        legacy = self.datasets_cfg.get("cc_sbu_align", {}).get("vis_processor", {}).get("train")
+        if legacy is not None:
+            logging.getLogger(__name__).info(
+                "Using the eval image processor at datasets.cc_sbu_align.vis_processor.train (%s); new configs "
+                "name it inference.vis_processor.", self.origin("datasets.cc_sbu_align.vis_processor.train.name"))
+            return legacy
+        raise ConfigError(
+            f"{self.args.cfg_path} names no inference image processor: add "
+            "'inference: {vis_processor: {name: blip2_image_eval, image_size: 224}}'."
+        )
+
+    def require_run(self) -> DictConfig:
+        """The ``run:`` section, which training configs must have."""
+        if not self.config.get("run"):
+            raise ConfigError(f"{self.args.cfg_path} has no 'run:' section; a training config needs one (see train_configs/).")
+        return self.config.run
 
     @property
     def model_cfg(self) -> DictConfig:
