@@ -82,7 +82,7 @@ class Config:
         options = OmegaConf.from_dotlist(parse_options(getattr(args, "options", None)))
         self._check_sections(options, "--options")
 
-        runner_config = OmegaConf.create({"run": user.get("run") or {}})
+        runner_config = OmegaConf.create({"run": user.get("run") or {}, "inference": user.get("inference") or {}})
         self._note(runner_config, cfg_path)
         model_config = self.build_model_config(user, options, cfg_path)
         dataset_config = self.build_dataset_config(user, cfg_path)
