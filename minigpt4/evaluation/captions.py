@@ -8,13 +8,13 @@ tokenizer needs Java; ``tokenize`` is a Java-free approximation (lower case, pun
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from minigpt4.common.errors import EvaluationError
+from minigpt4.common.errors import DatasetError, EvaluationError
+from minigpt4.datasets.hic_format import read_references
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", re.IGNORECASE)
 METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
@@ -49,76 +49,17 @@ class Candidate:
         return f"{self.image_id}#{self.line}"
 
 
-def _read_json_or_lines(path: Path):
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise EvaluationError(f"Cannot read {path}: {err}.") from err
-    if not text.strip():
-        raise EvaluationError(f"{path} is empty.")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:  # not one JSON document: read it as JSON lines below
-        rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise EvaluationError(f"{path}, line {number}: not JSON ({err.msg}).") from err
-    return rows
-
-
-def _reference_items(caption_list, where: str) -> list[Reference]:
-    refs = []
-    for item in caption_list:
-        if isinstance(item, str):
-            refs.append(Reference(item))
-        elif isinstance(item, dict) and isinstance(item.get("caption"), str):
-            refs.append(Reference(item["caption"], item.get("funny_score")))
-        else:
-            raise EvaluationError(f"{where}: a caption must be a string or {{'caption': ..., 'funny_score': ...}}; "
-                                  f"got {item!r:.80}.")
-    return refs
-
-
 def load_references(path) -> dict[str, list[Reference]]:
-    """``image_id -> references`` (best ``funny_score`` first) from either HIC layout:
-
-    * the test split of ``dataset/prepare_hic.py``: ``{"images": [{"image_id", "captions": [{"caption",
-      "funny_score"}, ...]}]}`` (also as JSON Lines, one image per line, as ``selected.jsonl``);
-    * the ``cc_sbu_align`` layout: ``{"annotations": [{"image_id", "caption", "funny_score"?}]}``,
-      grouped by ``image_id``."""
-    path = Path(path)
-    data = _read_json_or_lines(path)
-    refs: dict[str, list[Reference]] = {}
-    if isinstance(data, dict) and "images" in data:
-        rows = data["images"]
-    elif isinstance(data, dict) and "annotations" in data:
-        rows = data["annotations"]
-    elif isinstance(data, list):
-        rows = data
-    else:
-        raise EvaluationError(f"{path}: expected {{'images': [...]}} (HIC test split) or {{'annotations': [...]}} "
-                              "(cc_sbu_align layout).")
-    for n, row in enumerate(rows):
-        where = f"{path}, entry {n}"
-        if not isinstance(row, dict) or "image_id" not in row:
-            raise EvaluationError(f"{where}: no image_id.")
-        image_id = str(row["image_id"])
-        if "captions" in row:
-            items = _reference_items(row["captions"], where)
-        elif "caption" in row:
-            items = _reference_items([{"caption": row["caption"], "funny_score": row.get("funny_score")}], where)
-        else:
-            raise EvaluationError(f"{where}: neither 'captions' nor 'caption'.")
-        refs.setdefault(image_id, []).extend(r for r in items if r.caption.strip())
-    refs = {k: v for k, v in refs.items() if v}
-    if not refs:
-        raise EvaluationError(f"{path} holds no reference captions.")
-    for items in refs.values():
-        items.sort(key=lambda r: -(r.funny_score if isinstance(r.funny_score, (int, float)) else -math.inf))
-    return refs
+    """``image_id -> references`` (best ``funny_score`` first), read through
+    :func:`minigpt4.datasets.hic_format.read_references`: the ``test.json`` / ``val.json`` of
+    ``dataset/prepare_hic.py`` (``{"images": [{"image_id", "captions": [{"caption", "funny_score"}]}]}``),
+    its ``selected.jsonl`` (JSON lines), or the ``cc_sbu_align`` layout (``{"annotations": [{"image_id",
+    "caption", "funny_score"?}]}``, grouped by ``image_id``). NaN/inf scores are dropped with a warning."""
+    try:
+        refs = read_references(path)
+    except DatasetError as err:
+        raise EvaluationError(str(err)) from None
+    return {image_id: [Reference(c.caption, c.funny_score) for c in caps] for image_id, caps in refs.items()}
 
 
 def load_captions(path) -> tuple[list[Candidate], list[dict]]:

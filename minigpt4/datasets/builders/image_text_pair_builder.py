@@ -1,5 +1,6 @@
 """Builders for image-caption data (REFERENCE 5): ``cc_sbu`` and ``laion`` (stage 1, webdataset
-shards), ``cc_sbu_align`` (stage 2) and ``oxford_hic`` (the same layout, plus evaluation splits).
+shards), ``cc_sbu_align`` (stage 2) and ``oxford_hic`` (the HIC training data by its name: the same layout, plus
+evaluation splits).
 
 Storage problems (placeholder or missing path, missing shards, empty or malformed annotations,
 missing image files) raise here, at build time, naming the key or file -- not later in a worker."""
@@ -12,10 +13,12 @@ import os
 from braceexpand import braceexpand
 
 from minigpt4.common.registry import registry
+from minigpt4.datasets import hic_format
 from minigpt4.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from minigpt4.datasets.datasets.cc_sbu_dataset import CCSBUAlignDataset, CCSBUDataset
 from minigpt4.datasets.datasets.hic_eval_dataset import HICEvalDataset
 from minigpt4.datasets.datasets.laion_dataset import LaionDataset
+from minigpt4.processors.blip_processors import Blip2ImageEvalProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +91,12 @@ class CCSBUAlignBuilder(BaseDatasetBuilder):
 
 @registry.register_builder("oxford_hic")
 class OxfordHICBuilder(CCSBUAlignBuilder):
-    """The output folder of ``dataset/prepare_hic.py``: the ``cc_sbu_align`` layout for training, plus
-    ``val.json`` / ``test.json`` (every kept caption per image) when present, as ``val`` / ``test``
-    splits of :class:`HICEvalDataset` (the runner trains only on ``run.train_splits``)."""
+    """The Oxford HIC training data by its name (``datasets.oxford_hic`` in the stage-2 config): the output
+    folder of ``dataset/prepare_hic.py``. ``train`` is the ``cc_sbu_align`` dataset over the same
+    ``filter_cap.json`` + ``image/`` (``cc_sbu_align``, the original's name, keeps reading such a folder),
+    with every image id checked by :func:`hic_format.image_path`; ``val`` / ``test`` (every kept caption
+    per image, :class:`HICEvalDataset`) are added when ``val.json`` / ``test.json`` exist, for evaluation
+    code (the runner trains only on ``run.train_splits``)."""
 
     name = "oxford_hic"
     DATASET_CONFIG_DICT = {"default": "configs/datasets/oxford_hic/defaults.yaml"}
@@ -98,14 +104,13 @@ class OxfordHICBuilder(CCSBUAlignBuilder):
     def build_datasets(self):
         datasets = super().build_datasets()
         storage = self.folder()
+        for ann in datasets["train"].annotation:
+            hic_format.image_path(storage, str(ann["image_id"]))  # no id may name a file outside image/
         vis_eval = self.vis_processors["eval"]
         if vis_eval is None:
-            from minigpt4.processors import Blip2ImageEvalProcessor
-
             train_node = self.config.get("vis_processor", {}).get("train") or {}
             vis_eval = Blip2ImageEvalProcessor(image_size=train_node.get("image_size", 224))
         for split in ("val", "test"):
-            path = os.path.join(storage, f"{split}.json")
-            if os.path.isfile(path):
-                datasets[split] = HICEvalDataset(vis_eval, os.path.join(storage, "image"), path)
+            if os.path.isfile(os.path.join(storage, hic_format.SPLIT_FILES[split])):
+                datasets[split] = HICEvalDataset(vis_eval, storage, split)
         return datasets
