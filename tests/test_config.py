@@ -27,7 +27,8 @@ run: {task: image_text_pretrain, init_lr: 1e-4}
     assert model.image_size == 112  # user YAML over the default
     assert model.max_txt_len == 16  # --options over the user YAML
     assert cfg.run_cfg.init_lr == pytest.approx(3e-5) and isinstance(cfg.run_cfg.init_lr, float)
-    assert cfg.config.preprocess.vis_processor.eval.name == "blip2_image_eval"  # whole default merged
+    assert cfg.model.vit_config.embed_dim == 64 and cfg.model.vit_config.patch_size == 14  # nested preset section
+    assert cfg.model.freeze_vit is True and cfg.model.end_sym == "\n"  # typed defaults where nothing sets a key
     assert cfg.datasets_cfg.cc_sbu_align.build_info.storage == "/path/to/cc_sbu_align/"  # dataset default
     assert cfg.origin("model.max_txt_len") == "--options"
     assert cfg.origin("model.image_size") == str(user)
@@ -41,7 +42,12 @@ def test_alternating_options_form(tmp_path):
 
 def test_model_type_option_selects_the_default_yaml():
     cfg = make_config(TINY_EVAL, ["model.model_type=pretrain_vicuna", "model.llama_model=/path/to/x"], check_paths=False)
-    assert cfg.model_cfg.num_query_token == 32 and "vit_config" not in cfg.model_cfg
+    assert "vit_config" not in cfg.model_cfg  # nothing of the tiny preset is left
+    # the released sizes: EVA ViT-g/14 with 39 of 40 blocks, bert-base Q-Former, 32 queries
+    assert cfg.model.num_query_token == 32 and cfg.model.image_size == 224
+    vit, qformer = cfg.model.vit_config, cfg.model.qformer_config
+    assert (vit.embed_dim, vit.depth, vit.num_heads, vit.patch_size) == (1408, 39, 16, 14)
+    assert (qformer.hidden_size, qformer.num_hidden_layers, qformer.intermediate_size) == (768, 12, 3072)
 
 
 def test_misspelled_section_and_missing_run(tmp_path):

@@ -156,8 +156,10 @@ def test_pickled_code_is_refused(tmp_path):
     from minigpt4.models.checkpoint import load_weights_file
 
     torch.save({"model": {"w": torch.zeros(1)}, "hook": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match="weights-only") as info:
         load_weights_file(tmp_path / "evil.pth")
+    # PyTorch's advice to retry with weights_only=False is the wrong advice for a hostile file
+    assert "weights_only=False" not in str(info.value) and "evil.pth" in str(info.value)
 
 
 # -- bad input ----------------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ def test_unknown_arch_model_type_and_key(tmp_path):
         make_config(TINY_EVAL, ["model.model_type=pretrain_vicuna2"])
     with pytest.raises(ConfigError, match=r"model\.max_text_len.*--options.*Did you mean 'max_txt_len'"):
         make_config(TINY_EVAL, ["model.max_text_len=10"])
-    with pytest.raises(ConfigError, match=r"vit_config key 'width'"):
+    with pytest.raises(ConfigError, match=r"Unknown key 'model\.vit_config\.width'.*--options"):
         build(["model.vit_config.width=3"])
 
 
@@ -229,18 +231,114 @@ def test_unfrozen_qformer_is_saved_in_the_original_layout(tiny_dir):
     assert model.Qformer.training  # not frozen: dropout active, as the original
 
 
-def test_released_architecture_parameter_counts():
+def _vit_params(width, depth, patch=14, image=224, mlp_ratio=4.3637, channels=3):
+    """EVA ViT-g as the original builds it, counted by hand: patch embedding, CLS, position embedding,
+    and per block two LayerNorms, a fused qkv without bias plus q/v biases, the output projection and
+    the MLP with int(width * mlp_ratio) hidden units; no final norm, no head."""
+    hidden = int(width * mlp_ratio)
+    tokens = 1 + (image // patch) ** 2
+    block = 2 * 2 * width + 3 * width * width + 2 * width + width * width + width \
+        + width * hidden + hidden + hidden * width + width
+    return channels * patch * patch * width + width + width + tokens * width + depth * block
+
+
+def _qformer_params(hidden, layers, inter, vision, cross_every=2):
+    """The Q-Former query path by hand: the embeddings' LayerNorm; per layer self-attention (q, k, v,
+    output dense, LayerNorm), cross-attention every 2nd layer (k/v from the vision width) and the
+    query feed-forward (intermediate_query, output_query with its LayerNorm)."""
+    linear = lambda i, o: i * o + o  # noqa: E731
+    self_attn = 3 * linear(hidden, hidden) + linear(hidden, hidden) + 2 * hidden
+    cross = linear(hidden, hidden) + 2 * linear(vision, hidden) + linear(hidden, hidden) + 2 * hidden
+    ffn = linear(hidden, inter) + linear(inter, hidden) + 2 * hidden
+    crossed = sum(1 for i in range(layers) if i % cross_every == 0)
+    return 2 * hidden + layers * (self_attn + ffn) + crossed * cross
+
+
+def test_released_architecture_parameter_counts(tiny_dir, tmp_path):
+    """The model's own parts at the released sizes, built on the meta device (no memory, no weights),
+    against hand counts and the published totals (ViT-g 985,894,528; Q-Former 105,137,664)."""
+    import json
+
     from torch import nn
 
-    from minigpt4.models.eva_vit import build_eva_vit
-    from minigpt4.models.qformer import build_qformer
+    from minigpt4.models.config import MiniGPT4Config
+    from minigpt4.models.mini_gpt4 import MiniGPT4
 
+    llama = tmp_path / "vicuna-7b-architecture"
+    shutil.copytree(tiny_dir / "llama", llama)
+    config = json.loads((llama / "config.json").read_text())
+    config.update(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                  num_key_value_heads=32)
+    (llama / "config.json").write_text(json.dumps(config))
+    with torch.device("meta"):
+        model = MiniGPT4(MiniGPT4Config(llama_model=str(llama)), device="meta", load_weights=False)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    vit = build_eva_vit(224, device="meta")
-    assert len(vit.blocks) == 39 and isinstance(vit.norm, nn.Identity)
-    assert count(vit) == 985_894_528
-    qformer, query_tokens = build_qformer(32, 1408, device="meta")
-    assert count(qformer) == 105_137_664
-    assert query_tokens.numel() == 24_576
-    assert count(nn.LayerNorm(1408, device="meta")) == 2_816
-    assert count(nn.Linear(768, 4096, device="meta")) == 3_149_824
+    assert len(model.visual_encoder.blocks) == 39 and isinstance(model.visual_encoder.norm, nn.Identity)
+    assert count(model.visual_encoder) == _vit_params(1408, 39) == 985_894_528
+    assert count(model.Qformer) == _qformer_params(768, 12, 3072, 1408) == 105_137_664
+    assert model.query_tokens.numel() == 32 * 768
+    assert count(model.ln_vision) == 2 * 1408
+    assert count(model.llama_proj) == 768 * 4096 + 4096 == 3_149_824
+    assert model.llama_model.config.hidden_size == 4096
+
+
+def test_checkpoint_without_llama_proj_is_an_error_naming_the_file(tiny_dir, tmp_path):
+    """A MiniGPT-4 checkpoint exists to carry llama_proj: one without it must not load as '0 tensors'
+    and leave the projection random."""
+    from minigpt4.common.errors import CheckpointError
+
+    cases = {
+        "empty.pth": {},
+        "empty_model.pth": {"model": {}},
+        "only_buffers.pth": {"model": {"Qformer.bert.embeddings.position_ids": torch.arange(8)[None]}},
+        "only_query_tokens.pth": {"model": {"query_tokens": torch.zeros(1, 8, 32)}},
+    }
+    for name, content in cases.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(CheckpointError, match=rf"{name}.*missing keys llama_proj\.bias, llama_proj\.weight"):
+            build([f"model.ckpt={tmp_path / name}"])
+
+
+def test_non_tensor_values_and_broken_safetensors_are_named(tiny_dir, tmp_path):
+    from minigpt4.common.errors import CheckpointError
+
+    torch.save({"model": {"llama_proj.weight": [1.0, 2.0], "llama_proj.bias": torch.zeros(64)}}, tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match=r"list\.pth.*'llama_proj\.weight' holds a list, not a tensor"):
+        build([f"model.ckpt={tmp_path / 'list.pth'}"])
+    from safetensors.torch import save_file
+
+    save_file({"llama_proj.weight": torch.zeros(64, 32), "llama_proj.bias": torch.zeros(64)}, str(tmp_path / "ok.safetensors"))
+    data = (tmp_path / "ok.safetensors").read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "disguised.safetensors").write_bytes((tiny_dir / "minigpt4.pth").read_bytes())
+    for name in ("truncated.safetensors", "disguised.safetensors"):
+        with pytest.raises(CheckpointError, match=rf"{name}.*as safetensors.*download it again"):
+            build([f"model.ckpt={tmp_path / name}"])
+
+
+def test_wrong_types_name_the_key_and_ignored_keys_warn(tmp_path, caplog):
+    from minigpt4.common.errors import ConfigError
+
+    for option, needle in [("model.max_txt_len=long", r"model\.max_txt_len.*--options.*must be an integer.*'long'"),
+                           ("model.freeze_vit=maybe", r"model\.freeze_vit.*must be True or False"),
+                           ("model.vit_precision=fp8", r"model\.vit_precision.*one of 'fp16', 'bf16', 'fp32'"),
+                           ("model.vit_config.depth=2.5", r"model\.vit_config\.depth.*must be an integer")]:
+        with pytest.raises(ConfigError, match=needle):
+            make_config(TINY_EVAL, [option])
+    with caplog.at_level("WARNING"):
+        make_config(TINY_EVAL, ["model.prompt=hello"])
+    assert [r.getMessage() for r in caplog.records if "model.prompt" in r.getMessage()], caplog.text
+
+
+def test_training_inputs_leave_the_tokenizer_alone(tiny_model):
+    tok = tiny_model.llama_tokenizer
+    before = tok.padding_side
+    tok.padding_side = "left"  # what batched generation uses
+    try:
+        inputs = tiny_model.build_training_inputs({"image": torch.zeros(2, 3, 224, 224), "text_input": ["a", "a b c d"]})
+        assert tok.padding_side == "left"
+        # right padding all the same: the short caption's pad (= EOS) positions come last and are masked
+        labels = inputs["labels"][0]
+        assert (labels[-3:] == -100).all() and inputs["attention_mask"][0, -1] == 0
+    finally:
+        tok.padding_side = before

@@ -28,8 +28,6 @@ from minigpt4.common.schema import suggest
 from minigpt4.constants import PLACEHOLDER_PREFIX
 
 SECTIONS = ("model", "datasets", "run", "inference", "preprocess")
-# model keys that name files or folders (checked at start-up; URLs are allowed where noted)
-MODEL_PATH_KEYS = {"llama_model": False, "ckpt": True, "vit_ckpt": True, "q_former_model": True}
 
 
 def _bad_option(item: str) -> ConfigError:
@@ -89,7 +87,9 @@ class Config:
         self._note(options, "--options")
 
         self.config = OmegaConf.merge(runner_config, model_config, dataset_config, options)
-        self._check_model_keys()
+        self.model_class = registry.get_model_class(self.config.model.arch)
+        # the typed model section: every key checked (name, type, allowed values), errors name the file
+        self.model = self.model_class.config_class.from_node(self.config.model, self.origin)
         if check_paths:
             self.check_model_paths()
 
@@ -127,7 +127,8 @@ class Config:
             default_path = model_cls.default_config_path(model_type)
         except KeyError as err:
             raise ConfigError(f"model.model_type in {cfg_path}: {err}") from None
-        defaults = OmegaConf.load(default_path)
+        # only the model section of a preset YAML (``make_tiny:`` there describes the generated weights)
+        defaults = OmegaConf.create({"model": OmegaConf.load(default_path).model})
         self._note(defaults, os.path.relpath(default_path, PROJECT_ROOT))
         user_model = OmegaConf.create({"model": model})
         self._note(user_model, cfg_path)
@@ -157,21 +158,10 @@ class Config:
         """Where a flattened key (``model.llama_model``) was last set."""
         return self.origins.get(key, "the package defaults")
 
-    def _check_model_keys(self) -> None:
-        model_cls = registry.get_model_class(self.config.model.arch)
-        allowed = model_cls.config_keys()
-        for key in self.config.model.keys():
-            if key not in allowed:
-                raise ConfigError(
-                    f"Unknown model key 'model.{key}' (set in {self.origin('model.' + key)}).{suggest(key, allowed)} "
-                    f"Remove it or use one of: {', '.join(sorted(allowed))}."
-                )
-
     def check_model_paths(self) -> None:
         """Fail early when a weight path is still a placeholder or does not exist."""
-        model = self.config.model
-        for key, url_ok in MODEL_PATH_KEYS.items():
-            value = model.get(key)
+        for key, url_ok in self.model_class.config_class.PATH_KEYS.items():
+            value = getattr(self.model, key)
             if not value or (url_ok and is_url(value)):
                 continue
             full = f"model.{key}"

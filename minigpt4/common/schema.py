@@ -30,17 +30,6 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
-def override_preset(preset: dict, overrides, key: str) -> dict:
-    """``preset`` with the values of ``overrides`` (a config node such as ``model.vit_config``);
-    a name the preset does not have is a :class:`ConfigError` naming ``key``."""
-    merged = dict(preset)
-    for name, value in dict(overrides or {}).items():
-        if name not in merged:
-            raise ConfigError(f"Unknown {key} key {name!r}.{suggest(name, merged)} Known keys: {', '.join(merged)}.")
-        merged[name] = value
-    return merged
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)

@@ -18,28 +18,25 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.eva import Eva
 from torch import nn
 
-from minigpt4.common.schema import override_preset
 from minigpt4.common.errors import CheckpointError
+from minigpt4.models.config import VisionConfig
 
 logger = logging.getLogger(__name__)
 
-# The released EVA ViT-g/14 (``eva_vit_g.pth``), as built by MiniGPT-4: 39 blocks of 40.
-EVA_VIT_G = dict(embed_dim=1408, depth=39, num_heads=16, mlp_ratio=4.3637, patch_size=14)
-
-
 def build_eva_vit(image_size: int, drop_path_rate: float = 0.0, use_grad_checkpoint: bool = False,
-                  overrides=None, device=None) -> Eva:
-    """Build the encoder; ``overrides`` (``model.vit_config``) replace the ViT-g values by name."""
-    arch = override_preset(EVA_VIT_G, overrides, "model.vit_config")
+                  arch: VisionConfig | None = None, device=None) -> Eva:
+    """Build the encoder with the sizes of ``arch`` (``model.vit_config``; default: the released
+    EVA ViT-g/14 as MiniGPT-4 builds it, 39 blocks of 40)."""
+    arch = arch or VisionConfig()
     vit = Eva(
         img_size=image_size,
-        patch_size=arch["patch_size"],
+        patch_size=arch.patch_size,
         num_classes=0,
         global_pool="",
-        embed_dim=arch["embed_dim"],
-        depth=arch["depth"],
-        num_heads=arch["num_heads"],
-        mlp_ratio=arch["mlp_ratio"],
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads,
+        mlp_ratio=arch.mlp_ratio,
         qkv_bias=True,
         qkv_fused=True,
         drop_path_rate=drop_path_rate,

@@ -19,6 +19,7 @@ from minigpt4.common.errors import CheckpointError, ConfigError
 from minigpt4.common.paths import PACKAGE_ROOT, resolve_project_path
 from minigpt4.common.registry import registry
 from minigpt4.constants import BLIP2_FLANT5XXL_URL, EVA_VIT_G_URL, IMAGE_PLACEHOLDER
+from minigpt4.models.config import MiniGPT4Config
 from minigpt4.models.checkpoint import load_weights_file, resolve_weights, strict_load
 from minigpt4.models.eva_vit import build_eva_vit, cast_linear_conv_, convert_eva_state_dict, vit_features
 from minigpt4.models.llm import OriginalDecoder, load_llm, load_tokenizer
@@ -34,18 +35,14 @@ logger = logging.getLogger(__name__)
 PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Buffers the original saved in its checkpoints; they are recomputed here, so they are ignored on load.
 IGNORED_CKPT_SUFFIXES = ("position_ids", "rotary_emb.inv_freq")
-
-
-def _frozen_train(self, mode=True):
-    """Replaces ``train`` on frozen parts, so ``model.train()`` leaves them in eval mode."""
-    return self
+# What every MiniGPT-4 checkpoint must hold: the trained projection.
+REQUIRED_CKPT_PREFIXES = ("llama_proj.",)
 
 
 def _freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()
-    module.train = _frozen_train.__get__(module)
 
 
 def _precision(name: str, key: str) -> torch.dtype:
@@ -62,35 +59,7 @@ class MiniGPT4(nn.Module):
         "tiny": "configs/models/minigpt4_tiny.yaml",
         "mid": "configs/models/minigpt4_mid.yaml",
     }
-    # ``from_config`` defaults where a key is absent (REFERENCE 2.5), plus the keys this package adds.
-    CONFIG_DEFAULTS = dict(
-        vit_model="eva_clip_g",
-        vit_ckpt=EVA_VIT_G_URL,
-        q_former_model=BLIP2_FLANT5XXL_URL,
-        image_size=224,
-        num_query_token=32,
-        llama_model="",
-        drop_path_rate=0,
-        use_grad_checkpoint=False,
-        vit_precision="fp16",
-        llama_precision="fp16",
-        freeze_vit=True,
-        freeze_qformer=True,
-        low_resource=False,
-        device_8bit=0,
-        prompt_path="",
-        prompt_template="",
-        max_txt_len=32,
-        end_sym="\n",
-        ckpt="",
-        vit_config=None,
-        qformer_config=None,
-    )
-    OTHER_KEYS = ("arch", "model_type", "prompt")  # ``prompt`` is read by nobody, as in the original
-
-    @classmethod
-    def config_keys(cls) -> set[str]:
-        return set(cls.CONFIG_DEFAULTS) | set(cls.OTHER_KEYS)
+    config_class = MiniGPT4Config
 
     @classmethod
     def model_types(cls) -> list[str]:
@@ -102,80 +71,70 @@ class MiniGPT4(nn.Module):
             raise KeyError(f"Unknown model_type {model_type!r}; known model types: {', '.join(cls.model_types())}.")
         return str(PACKAGE_ROOT / cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
 
-    def __init__(
-        self,
-        vit_model="eva_clip_g",
-        vit_ckpt=EVA_VIT_G_URL,
-        q_former_model=BLIP2_FLANT5XXL_URL,
-        image_size=224,
-        drop_path_rate=0,
-        use_grad_checkpoint=False,
-        vit_precision="fp16",
-        freeze_vit=True,
-        freeze_qformer=True,
-        num_query_token=32,
-        llama_model="",
-        llama_precision="fp16",
-        prompt_path="",
-        prompt_template="",
-        max_txt_len=32,
-        end_sym="\n",
-        low_resource=False,
-        device_8bit=0,
-        vit_config=None,
-        qformer_config=None,
-        device="cpu",
-        load_weights=True,
-    ):
+    def __init__(self, config: MiniGPT4Config, device="cpu", load_weights: bool = True):
         super().__init__()
-        if vit_model != "eva_clip_g":
-            raise ConfigError(f"model.vit_model must be 'eva_clip_g' (the only vision encoder); got {vit_model!r}.")
+        self.config = config
         device = torch.device(device)
         on_gpu = device.type != "cpu"
-        self.low_resource = bool(low_resource)
-        self.vit_dtype = _precision(vit_precision, "vit_precision") if on_gpu else torch.float32
-        self.llm_dtype = _precision(llama_precision, "llama_precision") if on_gpu else torch.float32
+        self.low_resource = config.low_resource
+        self.vit_dtype = _precision(config.vit_precision, "vit_precision") if on_gpu else torch.float32
+        self.llm_dtype = _precision(config.llama_precision, "llama_precision") if on_gpu else torch.float32
         # The original autocasts in fp16 on the GPU; bf16 where asked; never on the CPU.
         half = [d for d in (self.llm_dtype, self.vit_dtype) if d != torch.float32]
         self.autocast_dtype = half[0] if half else None
-        if not on_gpu and (vit_precision != "fp32" or llama_precision != "fp32"):
+        if not on_gpu and (config.vit_precision != "fp32" or config.llama_precision != "fp32"):
             logger.info("Running on %s: every part in float32 (vit_precision/llama_precision apply on GPU only).", device)
+        self._frozen: list[nn.Module] = []  # parts that stay in eval mode under model.train()
 
         logger.info("Loading VIT")
-        self.visual_encoder = build_eva_vit(image_size, drop_path_rate, use_grad_checkpoint, vit_config)
+        self.visual_encoder = build_eva_vit(config.image_size, config.drop_path_rate, config.use_grad_checkpoint,
+                                            config.vit_config)
         if load_weights:  # False only for benchmarks of an architecture without its weights
-            self._load_vit(vit_ckpt)
+            self._load_vit(config.vit_ckpt)
         # fp32 math, result in the input dtype; PyTorch's default eps 1e-5, unlike the ViT's 1e-6
         self.ln_vision = LayerNormFp32(self.visual_encoder.embed_dim, eps=1e-5)
         if self.vit_dtype != torch.float32:
             cast_linear_conv_(self.visual_encoder, self.vit_dtype)
-        if freeze_vit:
-            _freeze(self.visual_encoder)
-            _freeze(self.ln_vision)
+        if config.freeze_vit:
+            self._freeze_part(self.visual_encoder, self.ln_vision)
             logger.info("freeze vision encoder")
 
         logger.info("Loading Q-Former")
-        self.Qformer, self.query_tokens = build_qformer(num_query_token, self.visual_encoder.embed_dim, qformer_config)
+        self.Qformer, self.query_tokens = build_qformer(config.num_query_token, self.visual_encoder.embed_dim,
+                                                        config.qformer_config)
         if load_weights:
-            self._load_blip2(q_former_model)
-        if freeze_qformer:
-            _freeze(self.Qformer)
+            self._load_blip2(config.q_former_model)
+        if config.freeze_qformer:
+            self._freeze_part(self.Qformer)
             self.query_tokens.requires_grad_(False)
             logger.info("freeze Qformer")
 
         logger.info("Loading LLAMA")
-        self.llama_tokenizer = load_tokenizer(llama_model)
+        self.llama_tokenizer = load_tokenizer(config.llama_model)
         self.decode_ids = OriginalDecoder(self.llama_tokenizer)
-        self.llama_model = load_llm(llama_model, self.llm_dtype, low_resource=self.low_resource,
-                                    device_8bit=device_8bit, load_weights=load_weights, device=device)
-        for p in self.llama_model.parameters():
+        self.llama_model = load_llm(config.llama_model, self.llm_dtype, low_resource=self.low_resource,
+                                    device_8bit=config.device_8bit, load_weights=load_weights, device=device)
+        for p in self.llama_model.parameters():  # frozen, but in train mode under model.train(), as the original
             p.requires_grad_(False)
 
         self.llama_proj = nn.Linear(self.Qformer.config.hidden_size, self.llama_model.config.hidden_size)
-        self.max_txt_len = max_txt_len
-        self.end_sym = end_sym
-        self.prompt_list = self.load_prompts(prompt_path, prompt_template)
+        self.max_txt_len = config.max_txt_len
+        self.end_sym = config.end_sym
+        self.prompt_list = self.load_prompts(config.prompt_path, config.prompt_template)
         self.place(device)
+
+    def _freeze_part(self, *modules: nn.Module) -> None:
+        for module in modules:
+            _freeze(module)
+            self._frozen.append(module)
+
+    def train(self, mode: bool = True) -> "MiniGPT4":
+        """As ``nn.Module.train``, but the frozen ViT and Q-Former stay in eval mode (as the original's
+        ``disabled_train``: no dropout there)."""
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        return self
 
     # -- loading ---------------------------------------------------------------------------------
     def _load_vit(self, vit_ckpt: str) -> None:
@@ -195,7 +154,7 @@ class MiniGPT4(nn.Module):
         vit_state = {k[len("visual_encoder."):]: v for k, v in state.items() if k.startswith("visual_encoder.")}
         if vit_state:  # the original loads these into the ViT too (whole-model non-strict load)
             vit_state, vit_dropped = convert_eva_state_dict(vit_state, self.visual_encoder)
-            strict_load(self.visual_encoder, vit_state, f"vision weights in {path}", allow_partial=True)
+            strict_load(self.visual_encoder, vit_state, f"vision weights in {path}", may_be_missing=lambda key: True)
             dropped += vit_dropped
         rest = {k: v for k, v in state.items() if not k.startswith("visual_encoder.")}
         holder = nn.Module()  # the parts a BLIP-2 checkpoint must fill completely
@@ -204,10 +163,16 @@ class MiniGPT4(nn.Module):
         strict_load(holder, rest, f"BLIP-2 checkpoint {path}")
         logger.info("load checkpoint from %s: %d tensors (dropped on purpose: %d unused by MiniGPT-4)", path, len(rest), len(dropped))
 
+    def checkpoint_may_miss(self, key: str) -> bool:
+        """Which model keys a MiniGPT-4 checkpoint may leave out: the frozen parts it does not need to
+        hold (they come from their own weight files), but never the projection it exists to carry."""
+        return not key.startswith(REQUIRED_CKPT_PREFIXES)
+
     def load_checkpoint(self, ckpt: str) -> list[str]:
         """Load a MiniGPT-4 checkpoint (``{"model": ...}`` or a bare state dict, ``.pth`` or
-        ``.safetensors``) in the original key layout. Every key must belong to the model; buffers the
-        original saved are ignored; frozen weights it does not hold stay as they are."""
+        ``.safetensors``) in the original key layout. Every key must belong to the model and
+        ``llama_proj.*`` must be there; buffers the original saved are ignored; frozen weights the
+        file does not hold stay as they are."""
         path = Path(ckpt).expanduser()
         if not path.is_file():
             raise CheckpointError(f"model.ckpt {str(path)!r} does not exist; set model.ckpt to a MiniGPT-4 checkpoint file.")
@@ -216,7 +181,7 @@ class MiniGPT4(nn.Module):
         if isinstance(state.get("model"), dict):
             state = state["model"]
         state = {qformer_key_to_ours(k): v for k, v in state.items() if not k.endswith(IGNORED_CKPT_SUFFIXES)}
-        loaded = strict_load(self, state, f"MiniGPT-4 checkpoint {path}", allow_partial=True)
+        loaded = strict_load(self, state, f"MiniGPT-4 checkpoint {path} (model.ckpt)", may_be_missing=self.checkpoint_may_miss)
         logger.info("Loaded %d tensors from %s: %s", len(loaded), path, ", ".join(sorted(loaded)))
         return loaded
 
@@ -307,10 +272,9 @@ class MiniGPT4(nn.Module):
             img_embeds, atts_img = self.prompt_wrap(img_embeds, atts_img, random.choice(self.prompt_list))
 
         tok = self.llama_tokenizer
-        tok.padding_side = "right"
         texts = [t + self.end_sym for t in samples["text_input"]]
         to_regress = tok(
-            texts, return_tensors="pt", padding="longest", truncation=True,
+            texts, return_tensors="pt", padding="longest", padding_side="right", truncation=True,
             max_length=self.max_txt_len, add_special_tokens=False,
         ).to(img_embeds.device)
         text_targets = to_regress.input_ids.masked_fill(to_regress.input_ids == tok.pad_token_id, -100)
@@ -333,19 +297,13 @@ class MiniGPT4(nn.Module):
 
     # -- construction from a config -----------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg, device=None) -> "MiniGPT4":
-        """Build from a ``model`` config node. ``device`` defaults to ``cuda`` when available, else CPU."""
-        cfg = dict(cfg)
-        unknown = set(cfg) - cls.config_keys()
-        if unknown:
-            raise ConfigError(f"Unknown model keys: {', '.join(sorted(unknown))}; known: {', '.join(sorted(cls.config_keys()))}.")
-        kwargs = {k: cfg.get(k, default) for k, default in cls.CONFIG_DEFAULTS.items() if k != "ckpt"}
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = cls(**kwargs, device=device)
-        ckpt = cfg.get("ckpt", "")
-        if ckpt:
-            model.load_checkpoint(ckpt)
+    def from_config(cls, cfg, device="cpu") -> "MiniGPT4":
+        """Build from a ``model`` config node (or a :class:`MiniGPT4Config`) on ``device``, then load
+        ``model.ckpt`` when set."""
+        config = cfg if isinstance(cfg, MiniGPT4Config) else MiniGPT4Config.from_node(cfg)
+        model = cls(config, device=device)
+        if config.ckpt:
+            model.load_checkpoint(config.ckpt)
         return model
 
     def trainable_state_dict(self) -> dict:

@@ -3,28 +3,25 @@ from the LAVIS BLIP-2 checkpoint layout (``Qformer.bert.…``) to it and back.""
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
-from minigpt4.common.schema import override_preset
+from minigpt4.models.config import QFormerConfig
 
-# bert-base-uncased, as the original reads it, plus BLIP-2's cross-attention settings.
-BERT_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                 cross_attention_freq=2)
-
-
-def build_qformer(num_query_token: int, vision_width: int, overrides=None, device=None):
-    """Return ``(qformer, query_tokens)``; ``overrides`` (``model.qformer_config``) replace bert-base values."""
-    arch = override_preset(BERT_BASE, overrides, "model.qformer_config")
+def build_qformer(num_query_token: int, vision_width: int, arch: QFormerConfig | None = None, device=None):
+    """Return ``(qformer, query_tokens)`` with the sizes of ``arch`` (``model.qformer_config``; default:
+    bert-base-uncased as the original reads it, with BLIP-2's cross-attention every 2nd layer)."""
+    arch = arch or QFormerConfig()
     config = Blip2QFormerConfig(
-        hidden_size=arch["hidden_size"],
-        num_hidden_layers=arch["num_hidden_layers"],
-        num_attention_heads=arch["num_attention_heads"],
-        intermediate_size=arch["intermediate_size"],
-        cross_attention_frequency=arch["cross_attention_freq"],
+        hidden_size=arch.hidden_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        intermediate_size=arch.intermediate_size,
+        cross_attention_frequency=arch.cross_attention_freq,
         encoder_hidden_size=vision_width,
         hidden_act="gelu",
         layer_norm_eps=1e-12,
@@ -33,9 +30,9 @@ def build_qformer(num_query_token: int, vision_width: int, overrides=None, devic
         use_qformer_text_input=False,
     )
     config._attn_implementation = "eager"  # the original's math; sdpa differs only in rounding
-    with torch.device(device or "cpu"):
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         qformer = Blip2QFormerModel(config)
-        query_tokens = nn.Parameter(torch.zeros(1, num_query_token, arch["hidden_size"]))
+        query_tokens = nn.Parameter(torch.zeros(1, num_query_token, arch.hidden_size))
     if device is None or torch.device(device).type != "meta":
         query_tokens.data.normal_(mean=0.0, std=0.02)
     return qformer, query_tokens

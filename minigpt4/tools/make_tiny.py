@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import sentencepiece as spm
@@ -26,28 +27,27 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from minigpt4.common.paths import cache_root
+from minigpt4.common.paths import PACKAGE_ROOT, cache_root
+from minigpt4.models.config import MiniGPT4Config, QFormerConfig, VisionConfig
 from minigpt4.models.eva_vit import build_eva_vit
 from minigpt4.models.qformer import build_qformer, qformer_key_to_original
 
-PRESETS = {
-    "tiny": dict(
-        image_size=224, num_query_token=8,
-        vit=dict(embed_dim=64, depth=2, num_heads=4, mlp_ratio=4.3637, patch_size=14),
-        qformer=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, cross_attention_freq=2),
-        # a wider init than LLaMA's 0.02: the frozen random LLM then reacts to its soft prompt, so
-        # training llama_proj visibly lowers the loss in the quickstart
-        llama=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, initializer_range=0.2),
-        vocab_size=320,
-    ),
-    "mid": dict(
-        image_size=224, num_query_token=32,
-        vit=dict(embed_dim=512, depth=8, num_heads=8, mlp_ratio=4.3637, patch_size=14),
-        qformer=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024, cross_attention_freq=2),
-        llama=dict(hidden_size=1024, intermediate_size=2752, num_hidden_layers=8, num_attention_heads=16),
-        vocab_size=1000,  # as many pieces as the corpus allows: prompts tokenise to Vicuna-like lengths
-    ),
-}
+PRESET_YAMLS = {"tiny": "minigpt4_tiny.yaml", "mid": "minigpt4_mid.yaml"}
+
+
+def preset_spec(preset: str) -> dict:
+    """The sizes of ``preset`` as its YAML (``minigpt4/configs/models/``) states them: the model's
+    ``num_query_token``/``vit_config``/``qformer_config`` and the ``make_tiny:`` section's LLM sizes."""
+    node = OmegaConf.load(PACKAGE_ROOT / "configs" / "models" / PRESET_YAMLS[preset])
+    model = MiniGPT4Config.from_node(OmegaConf.masked_copy(node.model, ["num_query_token", "image_size",
+                                                                       "vit_config", "qformer_config"]))
+    return dict(
+        image_size=model.image_size, num_query_token=model.num_query_token,
+        vit=asdict(model.vit_config), qformer=asdict(model.qformer_config),
+        llama=OmegaConf.to_container(node.make_tiny.llama), vocab_size=int(node.make_tiny.vocab_size),
+    )
+
+
 SEED = 20230617
 VERSION = 3  # bump when the output changes, so caches are rebuilt
 
@@ -85,12 +85,12 @@ def _write_tokenizer(folder: Path, vocab_size: int) -> None:
 
 
 def _vit_state(preset: dict) -> dict:
-    vit_arch = dict(preset["vit"], depth=preset["vit"]["depth"] + 1)  # one extra block, like EVA-g's 40th
-    return build_eva_vit(preset["image_size"], overrides=vit_arch).state_dict()
+    vit_arch = VisionConfig(**dict(preset["vit"], depth=preset["vit"]["depth"] + 1))  # one extra block, like EVA-g's 40th
+    return build_eva_vit(preset["image_size"], arch=vit_arch).state_dict()
 
 
 def _blip2_state(preset: dict) -> dict:
-    qformer, query_tokens = build_qformer(preset["num_query_token"], preset["vit"]["embed_dim"], preset["qformer"])
+    qformer, query_tokens = build_qformer(preset["num_query_token"], preset["vit"]["embed_dim"], QFormerConfig(**preset["qformer"]))
     state = {f"Qformer.{k}": v for k, v in qformer.state_dict().items()}
     state = {qformer_key_to_original(k): v for k, v in state.items()}
     hidden, inter = preset["qformer"]["hidden_size"], preset["qformer"]["intermediate_size"]
@@ -127,7 +127,7 @@ def _write_llama(folder: Path, preset: dict) -> int:
 
 def make_tiny(out: str | Path, preset: str = "tiny") -> Path:
     """Write the weights of ``preset`` into ``out`` (created; files are written atomically)."""
-    spec = PRESETS[preset]
+    spec = preset_spec(preset)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -140,9 +140,8 @@ def make_tiny(out: str | Path, preset: str = "tiny") -> Path:
         proj = torch.nn.Linear(spec["qformer"]["hidden_size"], llm_width)
         torch.save({"model": {"llama_proj.weight": proj.weight.detach(), "llama_proj.bias": proj.bias.detach()}},
                    tmp / "minigpt4.pth")
+        # the files, for users who point a config at this folder (the sizes live in the preset YAML)
         config = {
-            "image_size": spec["image_size"], "num_query_token": spec["num_query_token"],
-            "vit_config": spec["vit"], "qformer_config": spec["qformer"],
             "vit_ckpt": str(out / "eva_vit_g.pth"), "q_former_model": str(out / "blip2_pretrained.pth"),
             "llama_model": str(out / "llama"), "ckpt": str(out / "minigpt4.pth"),
         }
@@ -180,7 +179,7 @@ if not OmegaConf.has_resolver("minigpt4_tiny"):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (replaced if it exists)")
-    parser.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="tiny", choices=sorted(PRESET_YAMLS))
     args = parser.parse_args(argv)
     out = make_tiny(args.out, args.preset)
     print(f"Wrote a {args.preset} MiniGPT-4 to {out}; its model keys are in {out / 'config.yaml'}.")
