@@ -19,6 +19,8 @@ from hic_server import ImageServer, Route, make_image_bytes
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "dataset"))
 import prepare_hic as ph  # noqa: E402
+from hic import download, files, rows  # noqa: E402
+from hic.split import split_of  # noqa: E402
 
 BOM = "\ufeff"
 
@@ -156,25 +158,25 @@ def clean_run(server, data_dir, tmp_path_factory):
 
 
 def test_parse_score_and_ids():
-    assert ph.parse_score("1,234") == 1234
-    assert ph.parse_score("12,345,678") == 12345678
-    assert ph.parse_score(" 7 ") == 7
-    assert ph.parse_score("3.0") == 3
-    assert ph.parse_score("2.5") == 2.5
+    assert rows.parse_score("1,234") == 1234
+    assert rows.parse_score("12,345,678") == 12345678
+    assert rows.parse_score(" 7 ") == 7
+    assert rows.parse_score("3.0") == 3
+    assert rows.parse_score("2.5") == 2.5
     for bad in ("", "  ", "abc", "-3", "1,23", "1,2345", "nan", "inf", None):
-        assert ph.parse_score(bad) is None, bad
+        assert rows.parse_score(bad) is None, bad
     for good in ("123", "abc_DEF-9", "0001.v2"):
-        assert ph.is_safe_image_id(good)
+        assert files.is_safe_image_id(good)
     for bad in ("", "../x", "a/b", "a\\b", "..", ".hidden", "a..b", "a b", "x" * 201, "a\x00b"):
-        assert not ph.is_safe_image_id(bad), bad
-    assert ph.clean_caption("  a\n b\t\u00a0c  ") == "a b c"
+        assert not files.is_safe_image_id(bad), bad
+    assert rows.clean_caption("  a\n b\t\u00a0c  ") == "a b c"
 
 
 def test_failures_file_tolerates_a_torn_last_line(tmp_path):
     path = tmp_path / "failures.csv"
     path.write_text('image_id,url,reason\na,"http://x/a,1",http_404\nb,http://x/b,tim', encoding="utf-8")
-    assert ph.read_failures(path) == {"a": ("http://x/a,1", "http_404")}  # b was cut mid-write: not failed
-    ph.write_failures(path, {"b": ("u", "timeout"), "a": ("v", "http_404")})
+    assert download.read_failures(path) == {"a": ("http://x/a,1", "http_404")}  # b was cut mid-write: not failed
+    download.write_failures(path, {"b": ("u", "timeout"), "a": ("v", "http_404")})
     assert path.read_text(encoding="utf-8") == "image_id,url,reason\na,v,http_404\nb,u,timeout\n"
 
 
@@ -242,7 +244,7 @@ def test_selection_and_outputs_of_pipeline(clean_run):
     test = json.loads((out / "test.json").read_text(encoding="utf-8"))["images"]
     expected_train = []
     for image_id, caps in by_id.items():
-        split = ph.split_of(image_id, 3, 0.25, 0.25)
+        split = split_of(image_id, 3, 0.25, 0.25)
         if split == "train":
             expected_train += [{"image_id": image_id, "caption": c, "funny_score": s} for c, s in caps[:2]]
         else:
@@ -308,7 +310,7 @@ def test_rerun_downloads_nothing_and_is_byte_identical(clean_run, server, data_d
 def _check_image_dir(image_dir: Path) -> int:
     names = os.listdir(image_dir) if image_dir.exists() else []
     for name in names:
-        assert name.endswith(".jpg") and ph.is_safe_image_id(name[:-4]), name
+        assert name.endswith(".jpg") and files.is_safe_image_id(name[:-4]), name
         with Image.open(image_dir / name) as img:
             img.load()  # raises on a partial file
     return len(names)
