@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from minigpt4.common.paths import PACKAGE_ROOT, cache_root
+from minigpt4.models.blip2_text import BERT_MAX_POSITIONS, BLIP2_EMBED_DIM, tiny_tokenizer_size, write_bert_tokenizer
 from minigpt4.models.config import MiniGPT4Config, QFormerConfig, VisionConfig
 from minigpt4.models.eva_vit import build_eva_vit
 from minigpt4.models.qformer import build_qformer, qformer_key_to_original
@@ -49,7 +50,7 @@ def preset_spec(preset: str) -> dict:
 
 
 SEED = 20230617
-VERSION = 3  # bump when the output changes, so caches are rebuilt
+VERSION = 4  # bump when the output changes, so caches are rebuilt
 
 # Text the tiny tokenizer is trained on: the prompts and separators it will see, plus humour.
 _CORPUS = [
@@ -95,7 +96,12 @@ def _blip2_state(preset: dict) -> dict:
     state = {qformer_key_to_original(k): v for k, v in state.items()}
     hidden, inter = preset["qformer"]["hidden_size"], preset["qformer"]["intermediate_size"]
     width = preset["vit"]["embed_dim"]
-    # the parts MiniGPT-4 does not use, present in every released BLIP-2 checkpoint
+    # the parts MiniGPT-4 does not use, present in every released BLIP-2 checkpoint (the humour scorer
+    # uses them): the text branch sized to the WordPiece vocabulary written beside it, and the heads.
+    # Tensors beyond the first version's draw from their own generator, so the global stream -- and
+    # every weight made after this one -- is as before.
+    extra = torch.Generator().manual_seed(SEED + 1)
+    vocab = tiny_tokenizer_size()
     for i in range(preset["qformer"]["num_hidden_layers"]):
         p = f"Qformer.bert.encoder.layer.{i}."
         state[p + "intermediate.dense.weight"] = torch.randn(inter, hidden) * 0.02
@@ -104,11 +110,24 @@ def _blip2_state(preset: dict) -> dict:
         state[p + "output.dense.bias"] = torch.zeros(hidden)
         state[p + "output.LayerNorm.weight"] = torch.ones(hidden)
         state[p + "output.LayerNorm.bias"] = torch.zeros(hidden)
-    state["Qformer.bert.embeddings.word_embeddings.weight"] = torch.randn(64, hidden) * 0.02
-    state["Qformer.bert.embeddings.position_embeddings.weight"] = torch.randn(64, hidden) * 0.02
-    state["Qformer.cls.predictions.bias"] = torch.zeros(64)
+    for name, rows in (("word_embeddings", vocab), ("position_embeddings", BERT_MAX_POSITIONS)):
+        first = torch.randn(64, hidden) * 0.02
+        state[f"Qformer.bert.embeddings.{name}.weight"] = torch.cat([first, torch.randn(rows - 64, hidden, generator=extra) * 0.02])
+    state["Qformer.bert.embeddings.position_ids"] = torch.arange(BERT_MAX_POSITIONS)[None]
+    state["Qformer.cls.predictions.bias"] = torch.zeros(vocab)
+    state["Qformer.cls.predictions.transform.dense.weight"] = torch.randn(hidden, hidden, generator=extra) * 0.02
+    state["Qformer.cls.predictions.transform.dense.bias"] = torch.zeros(hidden)
+    state["Qformer.cls.predictions.transform.LayerNorm.weight"] = torch.ones(hidden)
+    state["Qformer.cls.predictions.transform.LayerNorm.bias"] = torch.zeros(hidden)
+    state["Qformer.cls.predictions.decoder.weight"] = state["Qformer.bert.embeddings.word_embeddings.weight"].clone()
+    state["Qformer.cls.predictions.decoder.bias"] = torch.zeros(vocab)
     state["t5_proj.weight"] = torch.randn(16, hidden) * 0.02
     state["t5_proj.bias"] = torch.zeros(16)
+    for name, rows, std in (("vision_proj", BLIP2_EMBED_DIM, 0.02), ("text_proj", BLIP2_EMBED_DIM, 0.02),
+                            ("itm_head", 2, 0.5)):  # a wide ITM head: match probabilities visibly vary
+        state[f"{name}.weight"] = torch.randn(rows, hidden, generator=extra) * std
+        state[f"{name}.bias"] = torch.randn(rows, generator=extra) * 0.02
+    state["temp"] = torch.tensor(0.07)
     state["query_tokens"] = query_tokens.detach()
     state["ln_vision.weight"] = 1 + 0.1 * torch.randn(width)
     state["ln_vision.bias"] = 0.1 * torch.randn(width)
@@ -135,6 +154,7 @@ def make_tiny(out: str | Path, preset: str = "tiny") -> Path:
         torch.manual_seed(SEED)
         torch.save(_vit_state(spec), tmp / "eva_vit_g.pth")
         torch.save(_blip2_state(spec), tmp / "blip2_pretrained.pth")
+        write_bert_tokenizer(tmp / "bert_tokenizer")  # the scorer's WordPiece vocabulary, [DEC] added
         (tmp / "llama").mkdir()
         llm_width = _write_llama(tmp / "llama", spec)
         proj = torch.nn.Linear(spec["qformer"]["hidden_size"], llm_width)
