@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -29,18 +30,27 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_model import build_preset, build_real_size_random, write_results  # noqa: E402
 
+import minigpt4.runners  # noqa: E402,F401  (registers the runner and the LR schedulers)
+from minigpt4.common.config import Config  # noqa: E402
+from minigpt4.common.optims import build_optimizer  # noqa: E402
+from minigpt4.runners.run_config import build_run_config  # noqa: E402
+
+STAGE2 = ROOT / "train_configs" / "minigpt4_stage2_finetune.yaml"
+
+
+def stage2_run():
+    """The run section of the stage-2 HIC config (its optimizer values)."""
+    return build_run_config(Config(SimpleNamespace(cfg_path=str(STAGE2), options=None), check_paths=False))
+
 CAPTION = "When your office has a great view but the commute is literally out of this world."
 PROMPT = "###Human: <Img><ImageHere></Img> Describe this image in a funny way. ###Assistant: "
 
 
 def measure(model, device: torch.device, batch: int, steps: int) -> dict:
-    from omegaconf import OmegaConf
-
-    from minigpt4.common.optims import build_optimizer
-
     model.train()
     model.prompt_list = [PROMPT]
-    optimizer = build_optimizer(model, OmegaConf.create({"init_lr": 3e-5, "weight_decay": 0.05}))
+    run = stage2_run()
+    optimizer = build_optimizer(model, run.init_lr, run.weight_decay, run.beta2)
     on_cuda = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if on_cuda else None
     samples = {"image": torch.randn(batch, 3, 224, 224, device=device), "text_input": [CAPTION] * batch}

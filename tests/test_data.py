@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+import random
+import struct
 import tarfile
 from collections import Counter
 
@@ -15,9 +18,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import minigpt4  # noqa: F401
-from minigpt4.common.errors import ConfigError
+from minigpt4.common.errors import ConfigError, DatasetError
 from minigpt4.common.registry import registry
-from minigpt4.common.errors import DatasetError
 from minigpt4.datasets.datasets.dataloader_utils import (
     InfiniteLoader, MultiIterLoader, ResumableDistributedSampler, StreamLoader,
 )
@@ -99,7 +101,7 @@ def test_bad_folders_fail_at_build_time(tmp_path, case, match):
     elif case == "bad_json":
         write_folder(root, good)
         (root / "filter_cap.json").write_text("{oops")
-    with pytest.raises((FileNotFoundError, DatasetError, ConfigError), match=match) as info:
+    with pytest.raises((DatasetError, ConfigError), match=match) as info:
         builder("cc_sbu_align", storage).build_datasets()
     if case in ("empty", "no_caption", "not_string", "bad_json"):
         assert "filter_cap.json" in str(info.value)
@@ -140,7 +142,7 @@ def test_oxford_hic_with_eval_splits(tmp_path):
     item = splits["val"][0]
     assert item["captions"] == ["one", "two"] and item["funny_scores"] == [2.0, 1.0] and item["image"].shape == (3, 32, 32)
     (root / "test.json").write_text(json.dumps({"split": "test", "images": [{"image_id": "zzz", "captions": []}]}))
-    with pytest.raises(FileNotFoundError, match="zzz.jpg"):
+    with pytest.raises(DatasetError, match="zzz.jpg"):
         builder("oxford_hic", root).build_datasets()
 
 
@@ -209,6 +211,7 @@ def test_stage1_shards_and_ratio_mixing(tmp_path, caplog):
     loader = MultiIterLoader([StreamLoader(DataLoader(m, batch_size=2, num_workers=0)) for m in members],
                              [m.sample_ratio for m in members])
     counts = Counter()
+    random.seed(0)  # MultiIterLoader draws the dataset of each batch from Python's RNG
     with caplog.at_level("WARNING"):
         for _ in range(400):
             batch = next(loader)
@@ -224,5 +227,101 @@ def test_stage1_shards_and_ratio_mixing(tmp_path, caplog):
 
 def test_stage1_missing_shards(tmp_path):
     pattern = write_shards(tmp_path / "laion", "L", n_shards=1).replace("00000}", "00003}")
-    with pytest.raises(FileNotFoundError, match=r"3 of 4 shard\(s\) missing"):
+    with pytest.raises(DatasetError, match=r"3 of 4 shard\(s\) missing"):
         builder("laion", pattern).build_datasets()
+
+
+# -- hostile or broken input --------------------------------------------------------------------------
+class _Touch:
+    """Unpickling this creates a file: a stand-in for code run by a malicious shard member."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def add_member(tar, name, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def qoi_header() -> bytes:
+    """The 14-byte header of a 4x4 QOI image and no pixels: Pillow raises IndexError decoding it."""
+    return b"qoif" + struct.pack(">II", 4, 4) + bytes([3, 0])
+
+
+def corrupt_tiff() -> bytes:
+    """A valid 8x8 TIFF whose StripOffsets entry claims the FLOAT type: Pillow raises TypeError."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format="TIFF")
+    data = bytearray(buf.getvalue())
+    (ifd,) = struct.unpack("<I", data[4:8])
+    for k in range(struct.unpack("<H", data[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack("<H", data[entry:entry + 2])[0] == 273:  # StripOffsets
+            data[entry + 2:entry + 4] = struct.pack("<H", 11)
+    return bytes(data)
+
+
+def test_shard_members_other_than_image_and_caption_are_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for k in range(3):
+            key = f"{k:06d}"
+            add_member(tar, f"{key}.jpg", jpeg_bytes((200, 10 * k, 10)))
+            add_member(tar, f"{key}.json", json.dumps({"caption": f"Picture {k}"}).encode())
+            for ext in ("pyd", "pickle", "pth"):  # webdataset's default handlers would unpickle these
+                add_member(tar, f"{key}.{ext}", pickle.dumps(_Touch(marker), protocol=2))
+    ds = builder("cc_sbu", str(folder / "{00000..00000}.tar")).build_datasets()["train"]
+    samples = [s for _, s in zip(range(6), ds)]
+    assert not marker.exists()
+    assert {s["text_input"] for s in samples} <= {"picture 0", "picture 1", "picture 2"}
+    assert samples[0]["image"].shape == (3, 32, 32) and set(samples[0]) == {"image", "text_input"}
+
+
+def test_unreadable_images_of_any_kind_are_skipped_and_counted(tmp_path, caplog):
+    anns = [{"image_id": i, "caption": i} for i in ("qoi", "tiff", "good")]
+    root = write_folder(tmp_path / "data", anns, images=("qoi", "tiff", "good"))
+    (root / "image" / "qoi.jpg").write_bytes(qoi_header())
+    (root / "image" / "tiff.jpg").write_bytes(corrupt_tiff())
+    ds = builder("cc_sbu_align", root).build_datasets()["train"]
+    with caplog.at_level("WARNING"):
+        assert ds[0]["text_input"] == "good" and ds[(1, 3)]["text_input"] == "good"
+    assert ds.num_skipped == 3 and "IndexError" in caplog.text and "TypeError" in caplog.text
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for key, image in (("000000", qoi_header()), ("000001", corrupt_tiff()), ("000002", jpeg_bytes((1, 2, 3)))):
+            add_member(tar, f"{key}.jpg", image)
+            add_member(tar, f"{key}.json", json.dumps({"caption": key}).encode())
+    stream = builder("cc_sbu", str(folder / "{00000..00000}.tar")).build_datasets()["train"]
+    assert {s["text_input"] for _, s in zip(range(4), stream)} == {"000002"}
+
+
+def test_image_ids_that_leave_the_image_folder_are_refused(tmp_path):
+    root = write_folder(tmp_path / "data", [{"image_id": "a", "caption": "x"}, {"image_id": "../b", "caption": "y"}],
+                        images=("a",))
+    Image.new("RGB", (8, 8)).save(root / "b.jpg")  # the file it names exists, outside image/
+    with pytest.raises(DatasetError, match=r"filter_cap\.json: annotations\[1\]\['image_id'\] '\.\./b'.*refused"):
+        builder("cc_sbu_align", root).build_datasets()
+
+
+@pytest.mark.parametrize("section,match", [
+    ("{vis_procesor: {train: {name: blip2_image_eval}}}", r"datasets\.cc_sbu_align\.vis_procesor.*user\.yaml.*'vis_processor'"),
+    ("{build_info: {storag: examples/}}", r"datasets\.cc_sbu_align\.build_info\.storag.*user\.yaml.*'storage'"),
+    ("{vis_processor: {trian: {name: blip2_image_eval}}}", r"vis_processor\.trian.*'train'"),
+    ("{sample_ratio: 0}", r"datasets\.cc_sbu_align\.sample_ratio.*positive"),
+])
+def test_unknown_dataset_keys_name_key_file_and_suggestion(tmp_path, section, match):
+    cfg = tmp_path / "user.yaml"
+    cfg.write_text("model: {arch: mini_gpt4, model_type: tiny}\n"
+                   f"datasets: {{cc_sbu_align: {section}}}\nrun: {{task: image_text_pretrain}}\n")
+    config = make_config(cfg, check_paths=False)
+    with pytest.raises(ConfigError, match=match):
+        minigpt4.tasks.setup_task(config).build_datasets(config)

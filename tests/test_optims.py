@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import minigpt4.runners  # noqa: F401  (registers the schedulers)
 from minigpt4.common.optims import build_optimizer, is_no_decay
@@ -86,13 +85,12 @@ def test_decay_rule():
 
 
 def test_optimizer_groups_on_tiny_model(tiny_model):
-    run = OmegaConf.create({"init_lr": 3e-5, "weight_decay": 0.05})
-    opt = build_optimizer(tiny_model, run)
+    opt = build_optimizer(tiny_model, init_lr=3e-5, weight_decay=0.05, beta2=0.999)
     names = {id(p): n for n, p in tiny_model.named_parameters()}
     decay, no_decay = opt.param_groups
     assert [names[id(p)] for p in decay["params"]] == ["llama_proj.weight"]
     assert [names[id(p)] for p in no_decay["params"]] == ["llama_proj.bias"]
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0
     assert opt.defaults["betas"] == (0.9, 0.999) and opt.defaults["eps"] == 1e-8 and opt.defaults["lr"] == 3e-5
-    opt = build_optimizer(tiny_model, OmegaConf.create({"init_lr": 1e-4, "weight_decay": 0.05, "beta2": 0.95}))
+    opt = build_optimizer(tiny_model, init_lr=1e-4, weight_decay=0.05, beta2=0.95)
     assert opt.defaults["betas"] == (0.9, 0.95)

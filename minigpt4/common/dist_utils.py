@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -61,40 +63,38 @@ def all_gather_object(obj) -> list:
     return out
 
 
-def init_distributed_mode(run_cfg) -> None:
+def init_distributed_mode(device: str = "cuda", dist_url: str = "env://") -> None:
     """Start ``torch.distributed`` from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM
     (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) variables; otherwise train in one process.
 
-    Sets ``run.distributed``, ``run.rank``, ``run.world_size``, ``run.gpu`` and ``run.dist_backend``
-    (nccl on CUDA, gloo on CPU). Unlike the original, SLURM's world size is read from the environment.
+    Backend ``nccl`` on CUDA (``device`` a CUDA device and CUDA present), ``gloo`` otherwise; each
+    process then uses GPU ``LOCAL_RANK``. The rank and world size come from the launcher, never from
+    the config (the original's ``run.distributed``/``run.world_size`` keys are not read); unlike the
+    original, SLURM's world size is read from the environment too.
     """
-    from datetime import timedelta
-
-    import logging
-
-    cuda = torch.cuda.is_available() and str(run_cfg.get("device", "cuda")).startswith("cuda")
+    cuda = torch.cuda.is_available() and str(device).startswith("cuda")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         gpu = int(os.environ.get("LOCAL_RANK", 0))
     elif "SLURM_PROCID" in os.environ:
         rank = int(os.environ["SLURM_PROCID"])
-        world_size = int(os.environ.get("SLURM_NTASKS", run_cfg.get("world_size", 1)))
+        world_size = int(os.environ.get("SLURM_NTASKS", 1))
         gpu = int(os.environ.get("SLURM_LOCALID", rank % max(torch.cuda.device_count(), 1)))
     else:
         logging.getLogger(__name__).info("Not using distributed mode")
-        run_cfg.distributed = False
-        run_cfg.rank, run_cfg.world_size, run_cfg.gpu = 0, 1, 0
         return
 
-    run_cfg.distributed = True
-    run_cfg.rank, run_cfg.world_size, run_cfg.gpu = rank, world_size, gpu
-    run_cfg.dist_backend = "nccl" if cuda else "gloo"
+    backend = "nccl" if cuda else "gloo"
     if cuda:
         torch.cuda.set_device(gpu)
-    dist_url = run_cfg.get("dist_url", "env://")
     print(f"| distributed init (rank {rank}, world {world_size}): {dist_url}", flush=True)
     dist.init_process_group(
-        backend=run_cfg.dist_backend, init_method=dist_url, world_size=world_size, rank=rank,
+        backend=backend, init_method=dist_url, world_size=world_size, rank=rank,
         timeout=timedelta(days=365),  # as the original: rank 0 may spend long on checkpoints/eval
     )
     dist.barrier()
+
+
+def destroy_process_group() -> None:
+    if is_dist_avail_and_initialized():
+        dist.destroy_process_group()

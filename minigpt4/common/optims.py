@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from minigpt4.common.errors import ConfigError
 from minigpt4.common.registry import registry
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class LinearWarmupStepLRScheduler(_WarmupScheduler):
     def __init__(self, optimizer, max_epoch, min_lr, init_lr, decay_rate=1, warmup_start_lr=-1,
                  warmup_steps=0, iters_per_epoch=None, **kwargs):
         if decay_rate is None:
-            raise ValueError("linear_warmup_step_lr needs run.lr_decay_rate (e.g. 0.9); it is not set.")
+            raise ConfigError("linear_warmup_step_lr needs run.lr_decay_rate (e.g. 0.9); it is not set.")
         super().__init__(optimizer, max_epoch, iters_per_epoch, min_lr, init_lr, warmup_steps, warmup_start_lr)
         self.decay_rate = decay_rate
 
@@ -110,13 +111,11 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: torch.nn.Module, run_cfg) -> torch.optim.AdamW:
-    """AdamW as the original: lr ``init_lr``, betas ``(0.9, beta2 or 0.999)``, eps 1e-8."""
-    weight_decay = float(run_cfg.weight_decay)
-    beta2 = run_cfg.get("beta2", 0.999) or 0.999
+def build_optimizer(model: torch.nn.Module, init_lr: float, weight_decay: float, beta2: float) -> torch.optim.AdamW:
+    """AdamW as the original: lr ``run.init_lr``, betas ``(0.9, run.beta2)``, eps 1e-8."""
     return torch.optim.AdamW(
         param_groups(model, weight_decay),
-        lr=float(run_cfg.init_lr),
-        weight_decay=weight_decay,
-        betas=(0.9, beta2),
+        lr=float(init_lr),
+        weight_decay=float(weight_decay),
+        betas=(0.9, float(beta2)),
     )

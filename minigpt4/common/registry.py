@@ -7,6 +7,7 @@ raises a ``KeyError`` that lists the known names instead of returning ``None``.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 
@@ -19,8 +20,6 @@ class UnknownNameError(KeyError):
 
 def _check_subclass(cls: type, base_path: str, kind: str) -> None:
     module_name, base_name = base_path.rsplit(".", 1)
-    import importlib
-
     base = getattr(importlib.import_module(module_name), base_name)
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise TypeError(f"A {kind} must subclass {base_path}; got {cls!r}.")
@@ -142,28 +141,8 @@ class Registry:
         return cls._get("runner", name)
 
     @classmethod
-    def list_datasets(cls):
-        return sorted(cls.mapping["builder_name_mapping"])
-
-    @classmethod
     def list_models(cls):
         return sorted(cls.mapping["model_name_mapping"])
-
-    @classmethod
-    def list_processors(cls):
-        return sorted(cls.mapping["processor_name_mapping"])
-
-    @classmethod
-    def list_tasks(cls):
-        return sorted(cls.mapping["task_name_mapping"])
-
-    @classmethod
-    def list_runners(cls):
-        return sorted(cls.mapping["runner_name_mapping"])
-
-    @classmethod
-    def list_lr_schedulers(cls):
-        return sorted(cls.mapping["lr_scheduler_name_mapping"])
 
     @classmethod
     def get_path(cls, name: str):

@@ -4,7 +4,4 @@ from minigpt4.tasks.base_task import BaseTask
 
 @registry.register_task("image_text_pretrain")
 class ImageTextPretrainTask(BaseTask):
-    """Caption language modelling; evaluation does nothing (as the original)."""
-
-    def evaluation(self, model, data_loader, cuda_enabled=True):
-        return None
+    """Caption language modelling: the loss of the caption tokens (stage 1 and stage 2)."""

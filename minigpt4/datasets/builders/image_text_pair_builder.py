@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-from braceexpand import braceexpand
-
+from minigpt4.common.errors import DatasetError
 from minigpt4.common.registry import registry
 from minigpt4.datasets import hic_format
 from minigpt4.datasets.builders.base_dataset_builder import BaseDatasetBuilder
@@ -27,13 +26,15 @@ class _ShardBuilder(BaseDatasetBuilder):
     """A webdataset pipeline over ``build_info.storage`` (brace-expanded shard pattern)."""
 
     def build_datasets(self):
+        from braceexpand import braceexpand  # optional extra [data], as webdataset
+
         logger.info("Building datasets...")
         self.build_processors()
         pattern = self.storage()
         local = [p for p in braceexpand(pattern) if "://" not in p and not p.startswith("pipe:")]
         missing = [p for p in local if not os.path.isfile(p)]
         if missing:
-            raise FileNotFoundError(
+            raise DatasetError(
                 f"datasets.{self.name}.build_info.storage {pattern!r}: {len(missing)} of {len(local)} shard(s) "
                 f"missing, e.g. {missing[0]!r}."
             )
@@ -70,7 +71,7 @@ class CCSBUAlignBuilder(BaseDatasetBuilder):
     def folder(self) -> str:
         storage = self.storage()
         if not os.path.isdir(storage):
-            raise FileNotFoundError(
+            raise DatasetError(
                 f"datasets.{self.name}.build_info.storage {storage!r} does not exist: point it at a folder with "
                 "filter_cap.json and image/ (see docs/TRAINING.md)."
             )
@@ -93,10 +94,9 @@ class CCSBUAlignBuilder(BaseDatasetBuilder):
 class OxfordHICBuilder(CCSBUAlignBuilder):
     """The Oxford HIC training data by its name (``datasets.oxford_hic`` in the stage-2 config): the output
     folder of ``dataset/prepare_hic.py``. ``train`` is the ``cc_sbu_align`` dataset over the same
-    ``filter_cap.json`` + ``image/`` (``cc_sbu_align``, the original's name, keeps reading such a folder),
-    with every image id checked by :func:`hic_format.image_path`; ``val`` / ``test`` (every kept caption
-    per image, :class:`HICEvalDataset`) are added when ``val.json`` / ``test.json`` exist, for evaluation
-    code (the runner trains only on ``run.train_splits``)."""
+    ``filter_cap.json`` + ``image/`` (``cc_sbu_align``, the original's name, keeps reading such a folder);
+    ``val`` / ``test`` (every kept caption per image, :class:`HICEvalDataset`) are added when ``val.json`` /
+    ``test.json`` exist, for evaluation code (the runner trains only on ``run.train_splits``)."""
 
     name = "oxford_hic"
     DATASET_CONFIG_DICT = {"default": "configs/datasets/oxford_hic/defaults.yaml"}
@@ -104,8 +104,6 @@ class OxfordHICBuilder(CCSBUAlignBuilder):
     def build_datasets(self):
         datasets = super().build_datasets()
         storage = self.folder()
-        for ann in datasets["train"].annotation:
-            hic_format.image_path(storage, str(ann["image_id"]))  # no id may name a file outside image/
         vis_eval = self.vis_processors["eval"]
         if vis_eval is None:
             train_node = self.config.get("vis_processor", {}).get("train") or {}

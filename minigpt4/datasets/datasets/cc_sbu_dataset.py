@@ -1,6 +1,11 @@
 """Caption datasets of the original: ``cc_sbu_align`` (a folder with ``filter_cap.json`` and
 ``image/<image_id>.jpg``; stage 2 and the Oxford HIC data) and ``cc_sbu`` (webdataset shards; stage 1).
 
+Untrusted input is read as data only: image ids must be plain file names (no ``../``), a shard
+member is decoded only when it is the image (``jpg``/``jpeg``/``png``) or the caption
+(``json``/``txt``) -- never unpickled -- and an image that cannot be read, whatever Pillow raises,
+is a counted, skipped sample.
+
 Map-style samples may be addressed by ``(index, seed)`` pairs (see ``dataloader_utils``): the image
 transform then draws its randomness from ``seed`` alone, so a sample's augmentation does not depend on
 the worker that loads it, the number of workers or the number of processes -- which is what makes
@@ -9,6 +14,7 @@ an interrupted run resume exactly.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -17,7 +23,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
+
 from minigpt4.common.errors import DatasetError
+from minigpt4.datasets.hic_format import is_safe_image_id
+
+IMAGE_MEMBERS = ("jpg", "jpeg", "png")  # the shard members read as the image, first found wins
+CAPTION_MEMBERS = ("json", "txt")  # ``json``: its "caption"; ``txt``: the text
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +36,7 @@ logger = logging.getLogger(__name__)
 def load_annotations(path: str) -> list[dict]:
     """The ``annotations`` list of a ``filter_cap.json``, checked entry by entry."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Annotation file {path!r} does not exist (expected <storage>/filter_cap.json).")
+        raise DatasetError(f"Annotation file {path!r} does not exist (expected <storage>/filter_cap.json).")
     try:
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
@@ -48,16 +59,19 @@ def load_annotations(path: str) -> list[dict]:
                                f"{type(ann['caption']).__name__} {ann['caption']!r}.")
         if not isinstance(ann["image_id"], (str, int)) or isinstance(ann["image_id"], bool):
             raise DatasetError(f"{path}: annotations[{i}]['image_id'] must be a string or an integer, got {ann['image_id']!r}.")
+        if not is_safe_image_id(str(ann["image_id"])):
+            raise DatasetError(f"{path}: annotations[{i}]['image_id'] {ann['image_id']!r} is not a plain file name "
+                               "(letters, digits, '_', '-', '.'; no '..'): it is refused rather than read outside image/.")
     return anns
 
 
 def check_images_exist(vis_root: str, image_ids, source: str) -> None:
     if not os.path.isdir(vis_root):
-        raise FileNotFoundError(f"Image folder {vis_root!r} does not exist (expected next to {source}).")
+        raise DatasetError(f"Image folder {vis_root!r} does not exist (expected next to {source}).")
     missing = [i for i in dict.fromkeys(image_ids) if not os.path.isfile(os.path.join(vis_root, f"{i}.jpg"))]
     if missing:
         shown = ", ".join(os.path.join(vis_root, f"{i}.jpg") for i in missing[:5])
-        raise FileNotFoundError(f"{len(missing)} image file(s) named in {source} are missing, e.g. {shown}.")
+        raise DatasetError(f"{len(missing)} image file(s) named in {source} are missing, e.g. {shown}.")
 
 
 class CCSBUAlignDataset(Dataset):
@@ -82,10 +96,7 @@ class CCSBUAlignDataset(Dataset):
     def __len__(self):
         return len(self.annotation)
 
-    def _load_image(self, index: int, seed):
-        path = os.path.join(self.vis_root, f"{self.annotation[index]['image_id']}.jpg")
-        with Image.open(path) as img:
-            image = img.convert("RGB")
+    def _transform(self, image, seed):
         if seed is None:
             return self.vis_processor(image)
         with torch.random.fork_rng(devices=[]):
@@ -96,19 +107,44 @@ class CCSBUAlignDataset(Dataset):
         index, seed = key if isinstance(key, tuple) else (key, None)
         for attempt in range(len(self)):
             i = (index + attempt) % len(self)
+            path = os.path.join(self.vis_root, f"{self.annotation[i]['image_id']}.jpg")
             try:
-                image = self._load_image(i, seed)
-            except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for broken files
+                image = read_image(path)
+            except Exception as err:  # noqa: BLE001  (Pillow raises IndexError, TypeError... on broken files)
                 self.num_skipped += 1
-                logger.warning("Skipping unreadable image of annotation %d (%s); %d skipped so far in this process.",
-                               i, err, self.num_skipped)
+                logger.warning("Skipping unreadable image %s (%s: %s); %d skipped so far in this process.",
+                               path, type(err).__name__, err, self.num_skipped)
                 continue
             ann = self.annotation[i]
-            return {"image": image, "text_input": ann["caption"], "image_id": self.img_ids[ann["image_id"]]}
+            return {"image": self._transform(image, seed), "text_input": ann["caption"],
+                    "image_id": self.img_ids[ann["image_id"]]}
         raise DatasetError(f"No readable image in {self.vis_root}.")
 
     def collater(self, samples):
         return default_collate(samples)
+
+
+def read_image(source) -> Image.Image:
+    """An RGB image from a path or bytes, fully decoded (so a truncated file fails here)."""
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        return img.convert("RGB")
+
+
+def decode_sample(sample: dict) -> tuple:
+    """``(image, caption)`` of a webdataset sample whose members are still bytes; no other member is
+    looked at. The caption is ``json["caption"]`` (the original's) or else the ``txt`` text."""
+    image_key = next((k for k in IMAGE_MEMBERS if k in sample), None)
+    if image_key is None:
+        raise DatasetError(f"sample {sample.get('__key__')!r} has no {'/'.join(IMAGE_MEMBERS)} member")
+    if "json" in sample:
+        caption = json.loads(sample["json"])["caption"]
+    elif "txt" in sample:
+        caption = sample["txt"].decode("utf-8")
+    else:
+        raise DatasetError(f"sample {sample.get('__key__')!r} has no {'/'.join(CAPTION_MEMBERS)} member")
+    if not isinstance(caption, str):
+        raise DatasetError(f"sample {sample.get('__key__')!r}: its caption is a {type(caption).__name__}, not text")
+    return read_image(sample[image_key]), caption
 
 
 class SkipBadSamples:
@@ -127,7 +163,11 @@ class SkipBadSamples:
 
 class CCSBUDataset:
     """Stage-1 webdataset pipeline over brace-expanded shards (REFERENCE 5.2): resampled shards,
-    1000-sample shuffle buffer, ``jpg`` + ``json`` (``caption``), bad samples skipped with a warning."""
+    1000-sample shuffle buffer, ``jpg`` + ``json`` (``caption``), bad samples skipped with a warning.
+
+    Unlike the original's ``wds.decode("pilrgb")`` -- which decodes every member with webdataset's
+    default handlers, so a ``.pyd`` or ``.pth`` member in a downloaded shard is unpickled -- samples
+    stay bytes until :func:`decode_sample` reads the two members used."""
 
     def __init__(self, vis_processor, text_processor, location: str, shuffle_buffer: int = 1000):
         import webdataset as wds
@@ -139,12 +179,10 @@ class CCSBUDataset:
             wds.ResampledShards(location),
             wds.tarfile_to_samples(handler=self.skip),
             wds.shuffle(shuffle_buffer, handler=self.skip),
-            wds.decode("pilrgb", handler=self.skip),
-            wds.to_tuple("jpg", "json", handler=self.skip),
-            wds.map_tuple(self.vis_processor, handler=self.skip),
+            wds.map(decode_sample, handler=self.skip),
             wds.map(self.to_dict, handler=self.skip),
         )
 
     def to_dict(self, sample):
-        image, meta = sample
-        return {"image": image, "text_input": self.text_processor(meta["caption"])}
+        image, caption = sample
+        return {"image": self.vis_processor(image), "text_input": self.text_processor(caption)}

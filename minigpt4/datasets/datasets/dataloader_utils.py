@@ -10,10 +10,16 @@ checkpoint can restore the exact data order, and its sampler hands each sample a
 
 from __future__ import annotations
 
+import logging
 import random
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset
+
+from minigpt4.common.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 
 def sample_seed(seed: int, data_pass: int, index: int) -> int:
@@ -107,7 +113,7 @@ class MultiIterLoader:
     def __init__(self, loaders: list, ratios: list[float] | None = None):
         ratios = ratios or [1.0] * len(loaders)
         if len(ratios) != len(loaders) or any(r <= 0 for r in ratios):
-            raise ValueError(f"sample_ratio values must be positive, one per dataset; got {ratios}.")
+            raise ConfigError(f"sample_ratio values must be positive, one per dataset; got {ratios}.")
         self.loaders = loaders
         self.ratios = [float(r) / sum(ratios) for r in ratios]
 
@@ -129,8 +135,40 @@ class MultiIterLoader:
 def seed_worker(worker_id: int) -> None:
     """Seed Python and NumPy in a loader worker from torch's per-worker seed (itself drawn from the
     loader's own generator, so it is reproducible)."""
-    import numpy as np
-
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+
+
+def _loader(dataset, batch_size: int, num_workers: int, seed: int, rank: int, world_size: int, pin_memory: bool):
+    common = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed + rank),  # worker seeds, off the global RNG
+        worker_init_fn=seed_worker,
+    )
+    if isinstance(dataset, IterableDataset):
+        return StreamLoader(DataLoader(dataset, **common))
+    if len(dataset) // world_size < batch_size:
+        raise ConfigError(
+            f"Dataset {getattr(dataset, 'name', '')!r} has {len(dataset)} samples, fewer than {world_size} "
+            f"process(es) x run.batch_size_train {batch_size}: no full batch can be drawn. Lower run.batch_size_train."
+        )
+    sampler = ResumableDistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed)
+    loader = DataLoader(dataset, sampler=sampler, collate_fn=getattr(dataset, "collater", None), drop_last=True, **common)
+    return InfiniteLoader(loader, sampler)
+
+
+def build_train_loader(datasets: dict, batch_size: int, num_workers: int, seed: int, rank: int = 0,
+                       world_size: int = 1, pin_memory: bool = False) -> MultiIterLoader:
+    """One infinite loader per dataset's ``train`` split (``{name: {split: dataset}}``), mixed by
+    their ``sample_ratio`` (uniform when the first has none), as the original (REFERENCE 6.6)."""
+    members = [splits["train"] for splits in datasets.values() if "train" in splits]
+    if not members:
+        raise ConfigError("No dataset has a 'train' split: name at least one training dataset under 'datasets:'.")
+    records = sum(len(d) for d in members if not isinstance(d, IterableDataset))
+    logger.info("Loaded %d records for train split from the dataset.", records)
+    ratios = [d.sample_ratio for d in members] if hasattr(members[0], "sample_ratio") else None
+    loaders = [_loader(d, batch_size, num_workers, seed, rank, world_size, pin_memory) for d in members]
+    return MultiIterLoader(loaders, ratios)
