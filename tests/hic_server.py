@@ -1,9 +1,11 @@
 """A local image server on 127.0.0.1 for the Oxford HIC preparation tests and benchmark.
 
 Routes are registered in ``server.routes``: path -> Route. Every request is counted. A route can
-answer with any status, sleep before answering (timeouts), stream its body in two halves with a pause
-between them (so a client can be killed mid-download), or fail the first N requests (retries). A
-global ``latency`` adds a delay to every request (the benchmark's 50 ms).
+answer with any status and extra headers (redirects), sleep before answering (timeouts), stream its
+body in two halves with a pause between them (so a client can be killed mid-download), drip-feed its
+body (or its headers too) one byte at a time, or fail the first N requests (retries). A global
+``latency`` adds a delay to every request (the benchmark's 50 ms). ``host`` may be another loopback
+address (127.0.0.2) for a second server.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -23,6 +25,9 @@ class Route:
     delay: float = 0.0  # seconds before the headers
     fail_first: int = 0  # answer 503 to the first N requests
     fail_status: int = 503
+    headers: dict = field(default_factory=dict)  # extra response headers (e.g. Location for a redirect)
+    drip: float = 0.0  # >0: send the body one byte at a time, this many seconds apart
+    drip_headers: bool = False  # with drip: the status line and headers too
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -47,6 +52,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, "text/plain", b"not found")
             elif n <= route.fail_first:
                 self._send(route.fail_status, "text/plain", b"try again later")
+            elif route.drip:
+                self._drip(srv, route)
             elif srv.slow_body and route.status == 200 and len(route.body) > 1:
                 half = len(route.body) // 2
                 self.send_response(200)
@@ -59,20 +66,34 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 self.wfile.write(route.body[half:])
             else:
-                self._send(route.status, route.content_type, route.body)
+                self._send(route.status, route.content_type, route.body, route.headers)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (the kill test does that on purpose)
 
-    def _send(self, status, content_type, body):
+    def _send(self, status, content_type, body, headers=()):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in dict(headers).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
+    def _drip(self, srv, route):
+        head = (f"HTTP/1.1 {route.status} OK\r\nContent-Type: {route.content_type}\r\n"
+                f"Content-Length: {len(route.body)}\r\nX-Pad: {'p' * 200}\r\n\r\n").encode()
+        if not route.drip_headers:
+            self.wfile.write(head)
+            head = b""
+        for i in range(len(head) + len(route.body)):
+            self.wfile.write((head + route.body)[i:i + 1])
+            self.wfile.flush()
+            if srv.stopping.wait(route.drip):
+                return
+
 
 class ImageServer:
-    def __init__(self, latency: float = 0.0):
+    def __init__(self, latency: float = 0.0, host: str = "127.0.0.1"):
         self.routes: dict[str, Route] = {}
         self.requests: Counter = Counter()
         self.user_agents: set[str] = set()
@@ -80,7 +101,7 @@ class ImageServer:
         self.latency = latency
         self.slow_body = 0.0  # >0: pause this long in the middle of every image body
         self.stopping = threading.Event()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.request_queue_size = 128
         self.httpd.owner = self
