@@ -1,73 +1,8 @@
 #!/usr/bin/env python
-"""Evaluate generated captions against the Oxford HIC references; write a browsable report.
+"""Evaluate captions against the HIC references: ``python evaluate.py --captions FILE --references test.json
+--out report/`` (see ``minigpt4/cli/evaluate.py`` and docs/USAGE.md)."""
 
-    python evaluate.py --captions captions.jsonl --references data/hic/test.json --out report/
-
-``--captions`` is ``caption.py``'s JSON Lines; ``--references`` is the HIC test split written by
-``dataset/prepare_hic.py`` (every kept human caption per image with its funny_score), or any file in
-the ``cc_sbu_align`` layout (``{"annotations": [{image_id, caption, funny_score}]}``). Writes
-``report/metrics.json`` (BLEU-1..4, ROUGE-L, CIDEr-D, diversity, lengths, unmatched ids),
-``report/per_image.jsonl`` (one line per caption), ``report/length_hist.png`` and
-``report/index.html`` (a gallery, sorted by ``--sort-by``).
-"""
-
-from __future__ import annotations
-
-import argparse
-import logging
-import sys
-
-from minigpt4.common.errors import EvaluationError
-from minigpt4.evaluation.captions import METRIC_NAMES, evaluate, load_captions, load_references
-from minigpt4.evaluation.report import write_report
-
-logger = logging.getLogger("evaluate")
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--captions", required=True, help="caption.py output (JSON Lines)")
-    p.add_argument("--references", required=True, help="HIC test.json (or the cc_sbu_align layout)")
-    p.add_argument("--out", required=True, help="report folder")
-    p.add_argument("--sort-by", default="CIDEr-D", choices=[*METRIC_NAMES, "length"], help="gallery order")
-    p.add_argument("--ascending", action="store_true", help="worst first")
-    p.add_argument("--gallery-size", type=int, default=200)
-    p.add_argument("--self-bleu-sample", type=int, default=500, help="captions sampled for self-BLEU")
-    p.add_argument("--strict", action="store_true", help="fail if a captioned image has no reference")
-    return p.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        references = load_references(args.references)
-        candidates, errors = load_captions(args.captions)
-        if not candidates:
-            raise EvaluationError(f"{args.captions} holds only error lines ({len(errors)} unreadable images).")
-        result = evaluate(candidates, references, errors, self_bleu_sample=args.self_bleu_sample,
-                          strict=args.strict)
-    except EvaluationError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    unmatched = result.metrics["unmatched"]
-    if unmatched["captions_without_references"]:
-        logger.warning("%d captioned image(s) have no reference and are not scored: %s",
-                       unmatched["captions_without_references"],
-                       ", ".join(unmatched["captions_without_references_ids"][:10]))
-    if unmatched["references_without_captions"]:
-        logger.warning("%d reference image(s) were not captioned.", unmatched["references_without_captions"])
-    if unmatched["caption_errors"]:
-        logger.warning("%d image(s) were unreadable in caption.py.", unmatched["caption_errors"])
-    paths = write_report(result, args.out, sort_by=args.sort_by, ascending=args.ascending,
-                         gallery_size=args.gallery_size,
-                         sources={"captions": args.captions, "references": args.references})
-    m = result.metrics["metrics"]
-    logger.info("%d captions / %d images: %s", result.metrics["num_captions"], result.metrics["num_images"],
-                ", ".join(f"{k} {m[k]:.4f}" for k in METRIC_NAMES))
-    logger.info("Report: %s", paths["html"])
-    return 0
-
+from minigpt4.cli.evaluate import cli, main  # noqa: F401  (``main(argv)`` for callers that import evaluate)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

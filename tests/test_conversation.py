@@ -95,3 +95,82 @@ def test_chat_rejects_unreadable_images(tiny_model, tmp_path):
     bad.write_text("hello")
     with pytest.raises(ValueError, match="not_an_image.jpg"):
         chat.upload_img(str(bad), CONV_VISION.copy(), [])
+
+
+def _counting_forward(monkeypatch, model) -> list:
+    """Count the LLM's forward passes (one per generated token after the prefill)."""
+    calls, forward = [], model.llama_model.forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model.llama_model, "forward", counted)
+    return calls
+
+
+def _started_chat(tiny_model, question="Describe this image in a funny way.", stop_words_ids=None):
+    from minigpt4.conversation.conversation import CONV_VISION, Chat
+    from minigpt4.processors.blip_processors import Blip2ImageEvalProcessor
+
+    chat = Chat(tiny_model, Blip2ImageEvalProcessor(image_size=224), device="cpu", stop_words_ids=stop_words_ids)
+    conv, img_list = CONV_VISION.copy(), []
+    chat.upload_img(Image.new("RGB", (32, 32), "orange"), conv, img_list)
+    before = [list(m) for m in conv.messages]
+    chat.ask(question, conv)
+    return chat, conv, img_list, before
+
+
+def test_stream_ends_with_the_answer(tiny_model):
+    chat, conv, img_list, _ = _started_chat(tiny_model)
+    expected, _ = chat.answer(conv.copy(), img_list, max_new_tokens=12, do_sample=False)
+    texts = list(chat.stream(conv, img_list, max_new_tokens=12, do_sample=False))
+    assert texts[-1] == expected and conv.messages[-1] == ["Assistant", expected]
+    assert len(texts) > 2 and all(expected.startswith(t.strip()) or not t for t in texts[:-1])
+
+
+def test_closing_a_stream_stops_generation_and_takes_the_question_back(tiny_model, monkeypatch):
+    import threading
+    import time
+
+    chat, conv, img_list, before = _started_chat(tiny_model, stop_words_ids=[[-1]])  # no stop sequence
+    calls = _counting_forward(monkeypatch, tiny_model)
+    long = dict(max_new_tokens=300, min_length=301, do_sample=False)  # 300 tokens unless stopped
+    stream = chat.stream(conv, img_list, **long)
+    next(stream)
+    stream.close()
+    stopped_at = len(calls)
+    assert not [t for t in threading.enumerate() if t.name == "minigpt4-answer"]  # the worker was joined
+    time.sleep(0.5)
+    assert len(calls) == stopped_at < 100  # stopped early, and nothing ran after the close
+    assert conv.messages == before  # the question was taken back; nothing written afterwards
+
+    # A cancel event stops it the same way.
+    chat.ask("Another one?", conv)
+    cancel = threading.Event()
+    stream = chat.stream(conv, img_list, cancel=cancel, **long)
+    next(stream)
+    cancel.set()
+    assert list(stream) == []  # nothing more is yielded: no answer
+    assert conv.messages == before
+
+
+def test_placeholder_in_a_question_and_failed_answers(tiny_model, monkeypatch):
+    chat, conv, img_list, before = _started_chat(tiny_model, "What is <ImageHere> doing here?")
+    assert conv.messages[-1][1].endswith("What is ImageHere doing here?")
+    text, _ = chat.answer(conv, img_list, max_new_tokens=3, do_sample=False)  # no "Unmatched numbers" error
+    assert conv.messages[-1] == ["Assistant", text]
+    answered = [list(m) for m in conv.messages]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(tiny_model.llama_model, "generate", broken)
+    for attempt in ("answer", "stream"):
+        chat.ask("A second question?", conv)
+        with pytest.raises(RuntimeError, match="simulated"):
+            if attempt == "answer":
+                chat.answer(conv, img_list, max_new_tokens=3)
+            else:
+                list(chat.stream(conv, img_list, max_new_tokens=3))
+        assert conv.messages == answered  # rolled back: the next question is one Human turn

@@ -1,27 +1,16 @@
-"""evaluate.py and minigpt4.evaluation: hand-checked metrics, both reference layouts, clear errors, report."""
+"""evaluate.py (minigpt4.cli.evaluate) and minigpt4.evaluation: hand-checked metrics, both reference layouts,
+duplicates and torn lines, clear errors, report."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-from minigpt4.evaluation.captions import (
-    Candidate,
-    EvaluationError,
-    diversity,
-    evaluate,
-    load_captions,
-    load_references,
-    tokenize,
-)
-
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "evaluate.py")
-evaluate_script = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(evaluate_script)
+from minigpt4.cli import evaluate as evaluate_script
+from minigpt4.evaluation.captions import Candidate, EvaluationError, evaluate, load_captions, load_references
+from minigpt4.evaluation.metrics import diversity, tokenize
 
 REFS = {
     "cat": [("the cat sits on the warm keyboard and refuses to move", 8),
@@ -84,8 +73,7 @@ def test_both_reference_layouts_agree(tmp_path):
 
 def test_hand_checked_scores(tmp_path):
     refs = load_references(write_test_split(tmp_path / "test.json"))
-    candidates, _ = load_captions(write_captions(tmp_path / "c.jsonl", caption_rows()))
-    result = evaluate(candidates, refs)
+    result = evaluate(load_captions(write_captions(tmp_path / "c.jsonl", caption_rows())).candidates, refs)
     by_id = {row["image_id"]: row for row in result.per_caption}
     # Identical to its top reference (up to case and punctuation): BLEU-4 = ROUGE-L = 1.
     assert by_id["cat"]["BLEU-4"] == pytest.approx(1.0, abs=1e-6)
@@ -101,7 +89,7 @@ def test_hand_checked_scores(tmp_path):
     assert result.metrics["length"]["generated"]["max"] == 11
 
 
-def test_cli_report(tmp_path):
+def test_cli_report(tmp_path, cli_error):
     from PIL import Image
 
     Image.new("RGB", (32, 32), "orange").save(tmp_path / "cat.jpg")
@@ -125,25 +113,38 @@ def test_cli_report(tmp_path):
     assert "a dog wearing sunglasses" in page and "src='../cat.jpg'" in page and "ghost" in page
 
     # --strict refuses captions without references.
-    code = evaluate_script.main(["--captions", str(tmp_path / "c.jsonl"), "--references", str(tmp_path / "test.json"),
-                                 "--out", str(out), "--strict"])
-    assert code == 2
+    assert "no reference" in cli_error(["--captions", str(tmp_path / "c.jsonl"), "--references",
+                                        str(tmp_path / "test.json"), "--out", str(out), "--strict"])
 
 
-def test_clear_errors(tmp_path, capsys):
+@pytest.fixture
+def cli_error(capsys):
+    """Run the console entry point: it must stop with exit code 2 and one ``error:`` line, no traceback."""
+
+    def run(argv) -> str:
+        with pytest.raises(SystemExit) as stop:
+            evaluate_script.cli(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2, err
+        lines = err.strip().splitlines()
+        assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
+        return lines[-1]
+
+    return run
+
+
+def test_clear_errors(tmp_path, cli_error):
     refs = write_test_split(tmp_path / "test.json")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert evaluate_script.main(["--captions", str(empty), "--references", str(refs), "--out", str(tmp_path / "r")]) == 2
-    assert "empty" in capsys.readouterr().err
-
+    out = ["--references", str(refs), "--out", str(tmp_path / "r")]
+    assert "empty" in cli_error(["--captions", str(empty), *out])
     other = write_captions(tmp_path / "other.jsonl", [{"image_id": "nope", "caption": "hi"}])
-    assert evaluate_script.main(["--captions", str(other), "--references", str(refs), "--out", str(tmp_path / "r")]) == 2
-    assert "None of the 1 captions has a reference" in capsys.readouterr().err
+    assert "None of the 1 captions has a reference" in cli_error(["--captions", str(other), *out])
 
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"image_id": "cat", "caption": "ok"}\n{not json\n')
-    with pytest.raises(EvaluationError, match="line 2"):
+    bad = tmp_path / "bad.jsonl"  # a bad line before the last is not an interrupted write
+    bad.write_text('{"image_id": "cat", "caption": "ok"}\n{not json\n{"image_id": "dog", "caption": "ok"}\n')
+    with pytest.raises(EvaluationError, match="line 2: not JSON"):
         load_captions(bad)
     (tmp_path / "empty.json").write_text("")
     with pytest.raises(EvaluationError, match="empty"):
@@ -153,3 +154,63 @@ def test_clear_errors(tmp_path, capsys):
         load_references(tmp_path / "weird.json")
     with pytest.raises(EvaluationError, match="no reference"):
         evaluate([Candidate("cat", "a cat"), Candidate("ghost", "x")], load_references(refs), strict=True)
+
+
+def test_duplicates_count_once(tmp_path, cli_error):
+    rows = caption_rows()
+    rows.insert(1, dict(rows[0], caption="a second copy of the first line"))  # same image_id, prompt, caption_index
+    rows.append(dict(rows[2], caption_index=1, caption="strong coffee again"))  # another index: not a duplicate
+    captions = write_captions(tmp_path / "c.jsonl", rows)
+    refs = write_test_split(tmp_path / "test.json")
+    out = tmp_path / "report"
+    assert evaluate_script.main(["--captions", str(captions), "--references", str(refs), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_captions"] == 4
+    assert metrics["captions_file"]["duplicate_lines"] == 1
+    assert metrics["captions_file"]["duplicates"] == [{"image_id": "cat", "prompt": "p", "caption_index": 0,
+                                                      "copies": 2}]
+    per_image = [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
+    assert [r["caption"] for r in per_image if r["image_id"] == "cat"] == [rows[0]["caption"]]  # the first kept
+    assert "repeated caption line" in (out / "index.html").read_text()
+    assert "repeats 1 caption line" in cli_error(["--captions", str(captions), "--references", str(refs),
+                                                  "--out", str(out), "--strict"])
+
+
+def test_torn_last_line_and_bad_values(tmp_path, cli_error):
+    refs = write_test_split(tmp_path / "test.json")
+    out = tmp_path / "report"
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text("".join(json.dumps(r) + "\n" for r in caption_rows()) + '{"image": "x", "image_id": "do')
+    assert evaluate_script.main(["--captions", str(torn), "--references", str(refs), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_captions"] == 3 and metrics["captions_file"]["torn_last_line"] == 4
+    assert "line 4" in cli_error(["--captions", str(torn), "--references", str(refs), "--out", str(out), "--strict"])
+
+    def bad(name: str, text: bytes) -> list[str]:
+        (tmp_path / name).write_bytes(text)
+        return ["--captions", str(tmp_path / name), "--references", str(refs), "--out", str(out)]
+
+    good = json.dumps(caption_rows()[0]).encode()
+    assert "line 1: caption_index must be a whole number" in cli_error(
+        bad("x.jsonl", b'{"image_id": "cat", "caption": "a", "caption_index": "x"}\n' + good + b"\n"))
+    assert "caption_index must be a whole number >= 0; got nan" in cli_error(
+        bad("nan.jsonl", b'{"image_id": "cat", "caption": "a", "caption_index": NaN}\n' + good + b"\n"))
+    assert "line 1: not UTF-8" in cli_error(bad("latin1.jsonl", '{"image_id": "café", "caption": "a"}\n'.encode(
+        "latin-1") + good + b"\n"))
+    (tmp_path / "a_file").write_text("x")
+    args = ["--captions", str(write_captions(tmp_path / "c.jsonl", caption_rows())), "--references", str(refs)]
+    assert "is a file" in cli_error([*args, "--out", str(tmp_path / "a_file")])
+    assert "--self-bleu-sample must be 0 or more" in cli_error([*args, "--out", str(out), "--self-bleu-sample", "-1"])
+    assert "--gallery-size must be 0 or more" in cli_error([*args, "--out", str(out), "--gallery-size", "-1"])
+
+
+def test_self_bleu_sample_zero_is_not_computed(tmp_path):
+    refs = write_test_split(tmp_path / "test.json")
+    captions = write_captions(tmp_path / "c.jsonl", caption_rows())
+    out = tmp_path / "report"
+    assert evaluate_script.main(["--captions", str(captions), "--references", str(refs), "--out", str(out),
+                                 "--self-bleu-sample", "0", "--gallery-size", "0"]) == 0
+    diversity_block = json.loads((out / "metrics.json").read_text())["diversity"]
+    assert diversity_block["self-BLEU-4"] is None and diversity_block["self_bleu_sample"] == 0
+    page = (out / "index.html").read_text()
+    assert "self-BLEU-4 not computed" in page and "<div class='card'>" not in page

@@ -1,28 +1,21 @@
-"""Caption evaluation: read generated captions and HIC references, score them, summarise.
-
-Reference-based metrics come from pycocoevalcap (BLEU-1..4, ROUGE-L, CIDEr-D: its ``Cider`` scorer is
-the CIDEr-D variant with clipping and the Gaussian length penalty, sigma 6). The COCO pipeline's PTB
-tokenizer needs Java; ``tokenize`` is a Java-free approximation (lower case, punctuation dropped).
+"""Caption evaluation: read generated captions (through :mod:`minigpt4.inference.records`) and the
+HIC references (through :mod:`minigpt4.datasets.hic_format`), score them (:mod:`.metrics`), summarise.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import re
-import statistics
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+
 from minigpt4.common.errors import DatasetError, EvaluationError
 from minigpt4.datasets.hic_format import read_references
+from minigpt4.evaluation.metrics import METRIC_NAMES, diversity, length_stats, reference_scores, tokenize
+from minigpt4.inference.records import read_caption_file
 
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]", re.IGNORECASE)
-METRIC_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens; punctuation is dropped (as the PTB tokenizer step of the COCO scripts)."""
-    return [t for t in _TOKEN.findall(str(text).lower()) if t[0].isalnum()]
+__all__ = ["METRIC_NAMES", "Candidate", "CaptionSet", "EvaluationError", "EvaluationResult", "Reference",
+           "evaluate", "load_captions", "load_references", "tokenize"]
+logger = logging.getLogger(__name__)
 
 
 # -- inputs -----------------------------------------------------------------------------------------
@@ -49,6 +42,22 @@ class Candidate:
         return f"{self.image_id}#{self.line}"
 
 
+@dataclass
+class CaptionSet:
+    """What a captions file holds, once: each (image_id, prompt, caption_index) counted once."""
+
+    candidates: list[Candidate]
+    errors: list[dict]  # one per unreadable image: image_id, image, error
+    duplicates: Counter = field(default_factory=Counter)  # (image_id, prompt, caption_index) -> extra copies
+    torn_line: int | None = None  # an interrupted last line, skipped
+
+    def file_notes(self) -> dict:
+        shown = [{"image_id": i, "prompt": p, "caption_index": k, "copies": n + 1}
+                 for (i, p, k), n in sorted(self.duplicates.items())[:20]]
+        return {"duplicate_lines": sum(self.duplicates.values()), "duplicates": shown,
+                "torn_last_line": self.torn_line}
+
+
 def load_references(path) -> dict[str, list[Reference]]:
     """``image_id -> references`` (best ``funny_score`` first), read through
     :func:`minigpt4.datasets.hic_format.read_references`: the ``test.json`` / ``val.json`` of
@@ -62,111 +71,47 @@ def load_references(path) -> dict[str, list[Reference]]:
     return {image_id: [Reference(c.caption, c.funny_score) for c in caps] for image_id, caps in refs.items()}
 
 
-def load_captions(path) -> tuple[list[Candidate], list[dict]]:
-    """Generated captions from ``caption.py``'s JSONL -> ``(candidates, error_lines)``."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise EvaluationError(f"Cannot read {path}: {err}.") from err
-    candidates, errors = [], []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
+def load_captions(path, strict: bool = False) -> CaptionSet:
+    """Generated captions from ``caption.py``'s JSONL. A repeated (image_id, prompt, caption_index)
+    counts once (reported); a torn last line (an interrupted write) is skipped with a warning.
+    ``strict`` makes either an error."""
+    captions = read_caption_file(path)
+    result = CaptionSet([], [], torn_line=captions.torn)
+    if captions.torn is not None:
+        if strict:
+            raise EvaluationError(f"{path}, line {captions.torn}: not JSON (an interrupted write?); "
+                                  "--strict refuses it. Rerun caption.py with the same --out to complete it.")
+        logger.warning("%s, line %d: not JSON (an interrupted write?); skipped.", path, captions.torn)
+    seen, errored = set(), set()
+    for line in captions.lines:
+        record = line.record
+        if record.is_error:
+            if record.image_id not in errored:
+                errored.add(record.image_id)
+                result.errors.append({"image_id": record.image_id, "image": record.image, "error": record.error})
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise EvaluationError(f"{path}, line {number}: not JSON ({err.msg}).") from err
-        if not isinstance(row, dict) or "image_id" not in row:
-            raise EvaluationError(f"{path}, line {number}: no image_id.")
-        if "error" in row:
-            errors.append({"image_id": str(row["image_id"]), "image": row.get("image", ""), "error": row["error"]})
+        key = (record.image_id, record.prompt, record.caption_index)
+        if key in seen:
+            result.duplicates[key] += 1
             continue
-        if not isinstance(row.get("caption"), str):
-            raise EvaluationError(f"{path}, line {number}: no caption.")
-        candidates.append(Candidate(
-            image_id=str(row["image_id"]), caption=row["caption"], image=str(row.get("image", "")),
-            prompt=str(row.get("prompt", "")), caption_index=int(row.get("caption_index", 0)), line=number,
-            extra={k: row[k] for k in ("settings", "model") if k in row}))
-    if not candidates and not errors:
+        seen.add(key)
+        result.candidates.append(Candidate(
+            image_id=record.image_id, caption=record.caption, image=record.image, prompt=record.prompt,
+            caption_index=record.caption_index, line=line.number,
+            extra={k: v for k, v in (("settings", record.settings), ("model", record.model)) if v is not None}))
+    if result.duplicates:
+        (image_id, prompt, index), _ = next(iter(result.duplicates.items()))
+        message = (f"{path} repeats {sum(result.duplicates.values())} caption line(s) (same image_id, prompt and "
+                   f"caption_index), e.g. {image_id!r} caption {index} for {prompt!r}")
+        if strict:
+            raise EvaluationError(message + "; --strict refuses them.")
+        logger.warning("%s; each is counted once.", message)
+    if not result.candidates and not result.errors:
         raise EvaluationError(f"{path} holds no captions (empty file).")
-    return candidates, errors
+    return result
 
 
-# -- metrics ----------------------------------------------------------------------------------------
-def reference_scores(candidates: list[Candidate], references: dict[str, list[Reference]]):
-    """Corpus and per-candidate BLEU-1..4, ROUGE-L and CIDEr-D -> ``(corpus: dict, per_key: dict)``."""
-    try:
-        from pycocoevalcap.bleu.bleu import Bleu
-        from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.rouge.rouge import Rouge
-    except ImportError as err:
-        raise EvaluationError("The caption metrics need pycocoevalcap: pip install -e '.[eval]'.") from err
-
-    gts = {c.key: [" ".join(tokenize(r.caption)) for r in references[c.image_id]] for c in candidates}
-    res = {c.key: [" ".join(tokenize(c.caption))] for c in candidates}
-    keys = list(gts)
-    corpus: dict[str, float] = {}
-    per_key: dict[str, dict[str, float]] = {k: {} for k in keys}
-    # pycocoevalcap iterates over gts' keys; an empty hypothesis breaks ROUGE-L, so it scores 0 here.
-    bleu, bleu_each = Bleu(4).compute_score(gts, res, verbose=0)
-    for n in range(4):
-        corpus[f"BLEU-{n + 1}"] = float(bleu[n])
-        for k, value in zip(gts.keys(), bleu_each[n]):
-            per_key[k][f"BLEU-{n + 1}"] = float(value)
-    rouge_each = []
-    for k in keys:
-        if res[k][0].strip():
-            rouge_each.append(float(Rouge().calc_score(res[k], gts[k])))
-        else:
-            rouge_each.append(0.0)
-        per_key[k]["ROUGE-L"] = rouge_each[-1]
-    corpus["ROUGE-L"] = float(sum(rouge_each) / len(rouge_each))
-    cider, cider_each = Cider().compute_score(gts, res)
-    corpus["CIDEr-D"] = float(cider)
-    for k, value in zip(gts.keys(), cider_each):
-        per_key[k]["CIDEr-D"] = float(value)
-    return corpus, per_key
-
-
-def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(tokens[i: i + n]) for i in range(len(tokens) - n + 1)]
-
-
-def diversity(captions: list[str], image_ids: list[str], self_bleu_sample: int = 500, seed: int = 0) -> dict:
-    """distinct-1/2 (unique / total n-grams over all captions), vocabulary size, and self-BLEU-4: each
-    caption scored against the captions of the *other* images (on a seeded sample of at most
-    ``self_bleu_sample`` captions; lower is more diverse)."""
-    from pycocoevalcap.bleu.bleu import Bleu
-
-    tokens = [tokenize(c) for c in captions]
-    out = {"vocabulary_size": len({t for toks in tokens for t in toks})}
-    for n in (1, 2):
-        grams = [g for toks in tokens for g in ngrams(toks, n)]
-        out[f"distinct-{n}"] = len(set(grams)) / len(grams) if grams else 0.0
-    index = [i for i, toks in enumerate(tokens) if toks]
-    if len(set(image_ids[i] for i in index)) < 2:
-        out["self-BLEU-4"] = None
-        return out
-    sample = sorted(random.Random(seed).sample(index, min(self_bleu_sample, len(index))))
-    gts, res = {}, {}
-    for i in sample:
-        others = [" ".join(tokens[j]) for j in sample if image_ids[j] != image_ids[i]]
-        if others:
-            gts[str(i)], res[str(i)] = others, [" ".join(tokens[i])]
-    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    out["self-BLEU-4"] = float(bleu[3])
-    out["self_bleu_sample"] = len(gts)
-    return out
-
-
-def length_stats(lengths: list[int]) -> dict:
-    if not lengths:
-        return {"count": 0}
-    return {"count": len(lengths), "mean": statistics.fmean(lengths), "median": statistics.median(lengths),
-            "std": statistics.pstdev(lengths), "min": min(lengths), "max": max(lengths)}
-
-
+# -- scoring ----------------------------------------------------------------------------------------
 @dataclass
 class EvaluationResult:
     metrics: dict

@@ -1,0 +1,100 @@
+"""From an eval config to a model and its image processor, on the device chosen here.
+
+:func:`resolve_device` is the one place the project turns a requested device (``--device``,
+``--gpu-id``, ``run.device``) into a ``torch.device``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import NamedTuple, Sequence
+
+import torch
+
+from minigpt4.common.config import Config
+from minigpt4.common.errors import ConfigError
+from minigpt4.common.registry import registry
+
+logger = logging.getLogger(__name__)
+
+# The ``model`` record fields that say which model wrote a caption (the device does not).
+MODEL_IDENTITY_KEYS = ("arch", "model_type", "llama_model", "ckpt", "low_resource")
+
+
+def resolve_device(requested=None, gpu_id: int = 0, setting: str = "--device") -> torch.device:
+    """``requested`` ("cpu", "cuda", "cuda:N", a ``torch.device`` or ``None``) as a checked device.
+
+    ``None`` is ``cuda:<gpu_id>`` when CUDA is available, else the CPU (with a notice); a bare
+    ``cuda`` gets index ``gpu_id``. Asking for CUDA without it, or for a GPU that does not exist,
+    is a :class:`ConfigError` naming ``setting`` (the flag or config key the request came from)."""
+    if requested is None or str(requested) == "":
+        if torch.cuda.is_available():
+            return torch.device("cuda", gpu_id)
+        logger.warning("CUDA is not available: running on the CPU (slow with the real model).")
+        return torch.device("cpu")
+    try:
+        device = torch.device(str(requested))
+    except RuntimeError as err:
+        raise ConfigError(f"{setting} {str(requested)!r} is not a device: use cpu or cuda:N.") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{setting} is {str(requested)!r} but CUDA is not available on this machine; "
+                              f"set {setting} to cpu.")
+        if device.index is None:
+            device = torch.device("cuda", gpu_id)
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{setting} asks for GPU {device.index} but this machine has "
+                              f"{torch.cuda.device_count()}; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}.")
+    return device
+
+
+class LoadedModel(NamedTuple):
+    model: torch.nn.Module
+    vis_processor: object
+    info: dict  # config, model identity and device, written into every caption record
+
+
+def load_config(cfg_path: str, options: Sequence[str] | None = None, device: torch.device | None = None) -> Config:
+    """The merged config; on CUDA the 8-bit LLM goes to ``device``'s index (``model.device_8bit``),
+    as the original demo's ``--gpu-id``; on CPU, ``model.low_resource`` (8-bit, CUDA only) is
+    switched off with a notice."""
+    options = list(options or [])
+    if device is not None and device.type == "cuda":
+        options.append(f"model.device_8bit={device.index or 0}")
+    cfg = Config(argparse.Namespace(cfg_path=str(cfg_path), options=options or None))
+    if (device is None or device.type != "cuda") and cfg.model_cfg.get("low_resource", False):
+        logger.warning("model.low_resource (8-bit LLM) needs CUDA; running on %s in float32 instead.",
+                       device or "cpu")
+        cfg.model_cfg.low_resource = False
+    return cfg
+
+
+def model_info(cfg: Config, device: torch.device) -> dict:
+    model_cfg = cfg.model_cfg
+    return {
+        "cfg_path": str(cfg.args.cfg_path),
+        "arch": str(model_cfg.arch),
+        "model_type": str(model_cfg.get("model_type", "")),
+        "llama_model": str(model_cfg.get("llama_model", "")),
+        "ckpt": str(model_cfg.get("ckpt", "")),
+        "low_resource": bool(model_cfg.get("low_resource", False)),
+        "device": str(device),
+    }
+
+
+def build_for_inference(cfg: Config, device: torch.device) -> LoadedModel:
+    """The model (eval mode) and the inference image processor (``inference.vis_processor``) of ``cfg``."""
+    model_cfg = cfg.model_cfg
+    model = registry.get_model_class(model_cfg.arch).from_config(model_cfg, device=str(device))
+    model.eval()
+    vis_cfg = cfg.inference_vis_processor_cfg
+    vis_processor = registry.get_processor_class(vis_cfg.name).from_config(vis_cfg)
+    return LoadedModel(model, vis_processor, model_info(cfg, device))
+
+
+def load_for_inference(cfg_path: str, options: Sequence[str] | None = None, device=None,
+                       gpu_id: int = 0) -> LoadedModel:
+    """Config -> model and image processor, on ``device`` (see :func:`resolve_device`)."""
+    device = resolve_device(device, gpu_id)
+    return build_for_inference(load_config(cfg_path, options, device), device)
