@@ -108,13 +108,19 @@ def read_resume_checkpoint(path_or_url: str) -> tuple[Path, dict]:
         path = dist_utils.download_once(path_or_url, cache_root() / "resume" / name)
     else:
         path = Path(str(path_or_url)).expanduser()
-    if not path.exists():
+    try:
+        exists, is_dir, is_file = path.exists(), path.is_dir(), path.is_file()
+    except OSError as err:  # a name too long, a broken mount
+        raise CheckpointError(f"{RESUME_KEY} {str(path)!r} cannot be used ({err.strerror or err}): check the path.") from None
+    if not exists:
         raise CheckpointError(f"{RESUME_KEY} {str(path)!r} does not exist: name a checkpoint_<epoch>.pth of a "
                               "job folder written by train.py (or leave the key unset to start afresh).")
-    if path.is_dir():
+    if is_dir:
         found = sorted(p.name for p in path.glob("checkpoint_*.pth"))
         hint = f" It holds {', '.join(found[-3:])}." if found else ""
         raise CheckpointError(f"{RESUME_KEY} {str(path)!r} is a folder: name one checkpoint file in it.{hint}")
+    if not is_file:
+        raise CheckpointError(f"{RESUME_KEY} {str(path)!r} is not a regular file: name a checkpoint_<epoch>.pth.")
     try:
         state = load_weights_file(path, f"resume checkpoint ({RESUME_KEY})")
     except OSError as err:  # unreadable: permissions, a device, a broken mount

@@ -187,7 +187,9 @@ class RunnerBase:
         return {name: meter.global_avg for name, meter in metric_logger.meters.items()}
 
     def end_epoch(self, epoch: int, stats: dict) -> None:
-        """After each epoch: its line in ``log.txt``, its checkpoint, the redrawn plot."""
+        """After each epoch: its line in ``log.txt``, its checkpoint, the redrawn plot. (Validation
+        metrics from the task and a ``checkpoint_best.pth``, ``job.checkpoint_path(dir, "best")``,
+        belong here too.)"""
         self.log.epoch(epoch, stats)
         self.save_checkpoint(epoch, iters_done=self.iters_per_epoch)
         self.log.plot()
