@@ -96,7 +96,8 @@ def test_ctrl_c_does_not_wait_for_workers(tmp_path):
         out = tmp_path / "out"
         proc = subprocess.Popen([sys.executable, str(REPO / "dataset" / "prepare_hic.py"), "download",
                                  "--image-info-csv", str(info), "--out-dir", str(out), "--timeout", "30",
-                                 "--workers", "3", "--quiet"], stderr=subprocess.PIPE, text=True)
+                                 "--workers", "3", "--quiet"], stderr=subprocess.PIPE, text=True,
+                                cwd=tmp_path)  # the script runs from any working directory
         deadline = time.monotonic() + 30
         while srv.total_requests() < 3:
             assert proc.poll() is None and time.monotonic() < deadline, "the downloads never started"
