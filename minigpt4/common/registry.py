@@ -25,46 +25,56 @@ def _check_subclass(cls: type, base_path: str, kind: str) -> None:
         raise TypeError(f"A {kind} must subclass {base_path}; got {cls!r}.")
 
 
-class Registry:
-    mapping: dict[str, dict[str, Any]] = {
-        "builder_name_mapping": {},
-        "task_name_mapping": {},
-        "processor_name_mapping": {},
-        "model_name_mapping": {},
-        "lr_scheduler_name_mapping": {},
-        "runner_name_mapping": {},
-        "state": {},
-        "paths": {},
-    }
+# kind -> the base class its registered classes must subclass (None: any class)
+KINDS = {
+    "builder": "minigpt4.datasets.builders.base_dataset_builder.BaseDatasetBuilder",
+    "task": "minigpt4.tasks.base_task.BaseTask", "model": "torch.nn.Module",
+    "processor": "minigpt4.processors.base_processor.BaseProcessor", "lr_scheduler": None, "runner": None,
+}
 
-    # kind -> (mapping key, base class that registered classes must subclass, or None)
-    _KINDS = {
-        "builder": ("builder_name_mapping", "minigpt4.datasets.builders.base_dataset_builder.BaseDatasetBuilder"),
-        "task": ("task_name_mapping", "minigpt4.tasks.base_task.BaseTask"),
-        "model": ("model_name_mapping", "torch.nn.Module"),
-        "processor": ("processor_name_mapping", "minigpt4.processors.base_processor.BaseProcessor"),
-        "lr_scheduler": ("lr_scheduler_name_mapping", None),
-        "runner": ("runner_name_mapping", None),
-    }
+
+def _registrar(kind: str):
+    def register(cls, name: str) -> Callable[[type], type]:
+        return cls._register(kind, name)
+
+    register.__name__ = register.__qualname__ = f"register_{kind}"
+    register.__doc__ = f"Class decorator: register a {kind} under ``name``."
+    return classmethod(register)
+
+
+def _lookup(kind: str):
+    def get(cls, name: str) -> type:
+        return cls._get(kind, name)
+
+    get.__name__ = get.__qualname__ = f"get_{kind}_class"
+    get.__doc__ = f"The {kind} registered as ``name``; an :class:`UnknownNameError` listing the known names otherwise."
+    return classmethod(get)
+
+
+class Registry:
+    """The original's API: per kind (builder, task, model, processor, lr_scheduler, runner) a decorator
+    ``register_<kind>(name)`` and a lookup ``get_<kind>_class(name)`` (added below from :data:`KINDS`);
+    ``register_path`` / ``get_path``; ``register`` / ``get`` / ``unregister`` for the state."""
+
+    mapping: dict[str, dict[str, Any]] = {**{f"{kind}_name_mapping": {} for kind in KINDS}, "state": {}, "paths": {}}
 
     @classmethod
     def _register(cls, kind: str, name: str) -> Callable[[type], type]:
-        key, base = cls._KINDS[kind]
+        table, base = cls.mapping[f"{kind}_name_mapping"], KINDS[kind]
 
         def wrap(obj: type) -> type:
             if base is not None:
                 _check_subclass(obj, base, kind)
-            if name in cls.mapping[key]:
-                raise KeyError(f"Name '{name}' already registered for {cls.mapping[key][name]}.")
-            cls.mapping[key][name] = obj
+            if name in table:
+                raise KeyError(f"Name '{name}' already registered for {table[name]}.")
+            table[name] = obj
             return obj
 
         return wrap
 
     @classmethod
     def _get(cls, kind: str, name: str) -> type:
-        key, _ = cls._KINDS[kind]
-        table = cls.mapping[key]
+        table = cls.mapping[f"{kind}_name_mapping"]
         if name not in table:
             known = ", ".join(sorted(table)) or "(none registered)"
             raise UnknownNameError(
@@ -72,31 +82,6 @@ class Registry:
                 f"Check the spelling in your YAML or --options."
             )
         return table[name]
-
-    # -- registration decorators (original names) -------------------------------------------
-    @classmethod
-    def register_builder(cls, name: str):
-        return cls._register("builder", name)
-
-    @classmethod
-    def register_task(cls, name: str):
-        return cls._register("task", name)
-
-    @classmethod
-    def register_model(cls, name: str):
-        return cls._register("model", name)
-
-    @classmethod
-    def register_processor(cls, name: str):
-        return cls._register("processor", name)
-
-    @classmethod
-    def register_lr_scheduler(cls, name: str):
-        return cls._register("lr_scheduler", name)
-
-    @classmethod
-    def register_runner(cls, name: str):
-        return cls._register("runner", name)
 
     @classmethod
     def register_path(cls, name: str, path: str) -> None:
@@ -114,31 +99,6 @@ class Registry:
         for part in path[:-1]:
             current = current.setdefault(part, {})
         current[path[-1]] = obj
-
-    # -- lookups -----------------------------------------------------------------------------
-    @classmethod
-    def get_builder_class(cls, name: str):
-        return cls._get("builder", name)
-
-    @classmethod
-    def get_model_class(cls, name: str):
-        return cls._get("model", name)
-
-    @classmethod
-    def get_task_class(cls, name: str):
-        return cls._get("task", name)
-
-    @classmethod
-    def get_processor_class(cls, name: str):
-        return cls._get("processor", name)
-
-    @classmethod
-    def get_lr_scheduler_class(cls, name: str):
-        return cls._get("lr_scheduler", name)
-
-    @classmethod
-    def get_runner_class(cls, name: str):
-        return cls._get("runner", name)
 
     @classmethod
     def list_models(cls):
@@ -162,5 +122,9 @@ class Registry:
     def unregister(cls, name: str):
         return cls.mapping["state"].pop(name, None)
 
+
+for _kind in KINDS:
+    setattr(Registry, f"register_{_kind}", _registrar(_kind))
+    setattr(Registry, f"get_{_kind}_class", _lookup(_kind))
 
 registry = Registry()
