@@ -17,40 +17,23 @@ tokenizer, like Vicuna's, keeps it under 100.)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+from minigpt4.conversation.conversation import CONV_VISION, Chat
+from minigpt4.inference.batch import BatchCaptioner, GenerationSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_model import RESULTS, build_preset, build_real_size_random, write_results  # noqa: E402
+
 PROMPT = "Could you write a funny caption of this image for me?"
 NEVER = [[-1]]  # a stop sequence no generated id can match
-
-
-def build_preset(preset: str, device: str):
-    import minigpt4  # noqa: F401
-    from minigpt4.common.config import Config
-    from minigpt4.common.registry import registry
-
-    cfg = Config(SimpleNamespace(cfg_path=str(ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml"),
-                                 options=[f"model.model_type={preset}",
-                                          f"model.ckpt=${{minigpt4_tiny:{preset},minigpt4.pth}}"]))
-    return registry.get_model_class("mini_gpt4").from_config(cfg.model_cfg, device=device).eval()
-
-
-def build_real_size(device: str):
-    spec = importlib.util.spec_from_file_location("bench_model", ROOT / "benchmarks" / "bench_model.py")
-    bench_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_model)
-    return bench_model.build_real_size_random(device)
 
 
 def sync(device: torch.device) -> None:
@@ -59,9 +42,6 @@ def sync(device: torch.device) -> None:
 
 
 def measure(model, device: str, n_images: int, new_tokens: int, batch_sizes) -> dict:
-    from minigpt4.conversation.conversation import CONV_VISION, Chat
-    from minigpt4.generation import BatchCaptioner, GenerationSettings
-
     device = torch.device(device)
     size = model.visual_encoder.patch_embed.img_size[0]
     generator = torch.Generator().manual_seed(0)
@@ -101,20 +81,10 @@ def measure(model, device: str, n_images: int, new_tokens: int, batch_sizes) -> 
     return row
 
 
-def write_results(rows: list[dict], meta: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_caption.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    keys = list(rows[0])
-    lines = ["# bench_caption: batched captioning vs one image at a time", "",
-             ", ".join(f"{k}: {v}" for k, v in meta.items()), "",
-             "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
-    lines += ["", "Images/s include image encoding, context building and greedy generation of exactly "
-              "`new_tokens` new tokens per image; speedup = batched rate / `Chat` loop rate. Batching speeds up "
-              "decoding; image encoding and the prompt prefill cost the same per image either way, so the "
-              "speedup grows with the number of new tokens."]
-    (RESULTS / "bench_caption.md").write_text("\n".join(lines) + "\n")
+NOTES = ("Images/s include image encoding, context building and greedy generation of exactly `new_tokens` new "
+         "tokens per image; speedup = batched rate / `Chat` loop rate. Batching speeds up decoding; image encoding "
+         "and the prompt prefill cost the same per image either way, so the speedup grows with the number of new "
+         "tokens.")
 
 
 def main(argv=None) -> int:
@@ -133,7 +103,7 @@ def main(argv=None) -> int:
             print(json.dumps(rows[-1]), flush=True)
         del model
     if torch.cuda.is_available():
-        model = build_real_size("cuda:0")
+        model = build_real_size_random("cuda:0")
         for new_tokens in args.new_tokens:
             rows.append({"preset": "real-size (random)", "device": torch.cuda.get_device_name(0), "dtype": "fp16",
                          "new_tokens": new_tokens,
@@ -143,7 +113,7 @@ def main(argv=None) -> int:
             "cpu_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
             "load_average_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "cuda": torch.cuda.is_available()}
-    write_results(rows, meta)
+    write_results("bench_caption", rows, meta, "bench_caption: batched captioning vs one image at a time", NOTES)
     print((RESULTS / "bench_caption.md").read_text())
     return 0
 

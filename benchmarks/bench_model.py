@@ -15,17 +15,20 @@ import json
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
+from minigpt4.conversation.conversation import CONV_VISION, Chat
+from minigpt4.inference.loading import load_for_inference
+from minigpt4.models.config import MiniGPT4Config
+from minigpt4.models.mini_gpt4 import MiniGPT4
+from minigpt4.tools.make_tiny import ensure_tiny
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT))
 
 VICUNA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
              "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
@@ -51,32 +54,23 @@ def timed(fn, device, repeats):
 
 
 def build_preset(preset: str, device: str):
-    import minigpt4  # noqa: F401
-    from minigpt4.common.config import Config
-    from minigpt4.common.registry import registry
-
-    cfg = Config(SimpleNamespace(cfg_path=str(ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml"),
-                                 options=[f"model.model_type={preset}", f"model.ckpt=${{minigpt4_tiny:{preset},minigpt4.pth}}"]))
-    return registry.get_model_class("mini_gpt4").from_config(cfg.model_cfg, device=device)
+    """The tiny eval config with another size preset (its generated weights), through the inference loader."""
+    options = [f"model.model_type={preset}", f"model.ckpt=${{minigpt4_tiny:{preset},minigpt4.pth}}"]
+    return load_for_inference(ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml", options, device=device).model
 
 
 def build_real_size_random(device: str):
     """EVA ViT-g + Q-Former + a Vicuna-7B-shaped LLaMA, random weights, fp16 on the GPU."""
-    from minigpt4.models.mini_gpt4 import MiniGPT4
-    from minigpt4.tools.make_tiny import ensure_tiny
-
     llm_dir = Path(tempfile.mkdtemp(prefix="vicuna7b-shape-"))
     (llm_dir / "config.json").write_text(json.dumps(VICUNA_7B))
     for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(ensure_tiny("tiny") / "llama" / name, llm_dir / name)
     with torch.device(device):
-        model = MiniGPT4(llama_model=str(llm_dir), device=device, load_weights=False, num_query_token=32)
+        model = MiniGPT4(MiniGPT4Config(llama_model=str(llm_dir)), device=device, load_weights=False)
     return model.eval()
 
 
 def measure(model, device: str, new_tokens: int, repeats: int) -> dict:
-    from minigpt4.conversation.conversation import CONV_VISION, Chat
-
     device = torch.device(device)
     size = model.visual_encoder.patch_embed.img_size[0]
     images = torch.randn(8, 3, size, size, device=device)
@@ -102,14 +96,17 @@ def measure(model, device: str, new_tokens: int, repeats: int) -> dict:
     }
 
 
-def write_results(name: str, rows: list[dict], meta: dict) -> None:
+def write_results(name: str, rows: list[dict], meta: dict, title: str | None = None, notes: str = "") -> None:
+    """``benchmarks/results/<name>.json`` and a Markdown table ``<name>.md`` (``notes`` below it)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     keys = list(rows[0])
-    lines = [f"# {name}", "", ", ".join(f"{k}: {v}" for k, v in meta.items()), "",
+    lines = [f"# {title or name}", "", ", ".join(f"{k}: {v}" for k, v in meta.items()), "",
              "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
         lines.append("| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    if notes:
+        lines += ["", notes]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 

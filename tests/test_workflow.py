@@ -15,9 +15,9 @@ from PIL import Image
 
 from conftest import ROOT
 from hic_server import ImageServer, Route
+from minigpt4.cli import caption, evaluate, train
 
 sys.path.insert(0, str(ROOT / "dataset"))
-sys.path.insert(0, str(ROOT))
 
 SKIMAGE_NAMES = ["astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "clock", "horse"]
 JOKES = ["I have seen things you would not believe, mostly my own reflection",
@@ -37,10 +37,7 @@ def _jpeg(name: str) -> bytes:
 
 @pytest.mark.slow
 def test_prepare_train_caption_evaluate(tmp_path, tiny_dir):
-    import caption
-    import evaluate
     import prepare_hic
-    import train
 
     meta = tmp_path / "meta"
     meta.mkdir()
