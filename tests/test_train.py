@@ -216,15 +216,14 @@ def test_shipped_train_configs_load_without_warnings(caplog):
 
 
 def test_original_run_keys_load_with_one_warning(tmp_path, caplog):
-    ignored = ["batch_size_eval: 12", "valid_splits: [val]", "test_splits: [test]", "k_test: 128", "max_iters: 9",
-               "distributed: True", "world_size: 1"]
+    ignored = ["test_splits: [test]", "k_test: 128", "max_iters: 9", "num_beams: 5", "distributed: True", "world_size: 1"]
     cfg_path = tmp_path / "original.yaml"
     cfg_path.write_text(STAGE2.read_text().replace("  dist_url:", "\n".join("  " + k for k in ignored) + "\n  dist_url:"))
     with caplog.at_level(logging.WARNING):
         run = build_run_config(make_config(cfg_path, check_paths=False))
     warnings = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
     assert len(warnings) == 1
-    for key in ("batch_size_eval", "valid_splits", "test_splits", "k_test", "max_iters", "distributed", "world_size"):
+    for key in ("test_splits", "k_test", "max_iters", "num_beams", "distributed", "world_size"):
         assert f"run.{key}" in warnings[0]
     assert run.batch_size_train == 12 and not hasattr(run, "world_size")
 
