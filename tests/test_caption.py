@@ -309,6 +309,8 @@ def test_output_checked_before_the_model_loads(image_dir, tmp_path, monkeypatch,
     assert "--batch-size must be at least 1" in cli_error([*common, "--out", "x.jsonl", "--batch-size", "0"], capsys)
     assert "not key=value" in cli_error([*common, "--out", "x.jsonl", "--options", "model.ckpt"], capsys)
     assert "need sampling" in cli_error([*common, "--out", "x.jsonl", "--num-captions", "2"], capsys)
+    # No CUDA here, or no 100th GPU: either way a clean error naming the flag.
+    assert "--device" in cli_error([*common[:4], "--device", "cuda:99", "--out", str(tmp_path / "c.jsonl")], capsys)
     assert "matches no files" in cli_error([*common[:2], "--images", str(tmp_path / "*.png"), *common[4:],
                                             "--out", str(tmp_path / "c.jsonl")], capsys)
 

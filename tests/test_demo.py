@@ -85,6 +85,20 @@ def test_parse_args_defaults_are_local():
     assert demo.read_prompts(ROOT / "prompts" / "alignment.txt")[0] == "Describe this image in a funny way."
 
 
+def test_user_errors_are_one_line(tmp_path, capsys):
+    from minigpt4.cli import demo
+
+    for argv, expected in (([], "--cfg-path"),
+                           (["--cfg-path", str(tmp_path / "missing.yaml"), "--device", "cpu"], "does not exist"),
+                           (["--cfg-path", str(TINY_CFG), "--device", "cuda:99"], "--device"),
+                           (["--cfg-path", str(TINY_CFG), "--device", "cpu", "--options", "model.ckpt"],
+                            "not key=value")):
+        with pytest.raises(SystemExit) as stop:
+            demo.cli(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and expected in err.strip().splitlines()[-1] and "Traceback" not in err, err
+
+
 def _demo_app(tiny_model, stop_words_ids=None):
     from minigpt4.cli.demo import DemoApp
     from minigpt4.conversation.conversation import Chat
