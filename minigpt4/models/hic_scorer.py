@@ -43,12 +43,12 @@ HEAD_PREFIX = "head."
 
 
 def _mlp(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:
+    # no output bias: a ranking loss sees score differences only, so an offset could never train
     mlp = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                        nn.Linear(hidden, 1))
+                        nn.Linear(hidden, 1, bias=False))
     # an untrained scorer gives every caption the same score: pairwise accuracy exactly 0.5, the
     # Bradley-Terry loss starts at log 2
     nn.init.zeros_(mlp[-1].weight)
-    nn.init.zeros_(mlp[-1].bias)
     return mlp
 
 
@@ -219,24 +219,30 @@ class HICScorer(nn.Module):
 
     # -- scores -------------------------------------------------------------------------------------
     def score(self, images: torch.Tensor | None, captions: list[str], image_ids: list[str] | None = None,
-              image_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """One humour score per (image, caption) row, (B,). ``images`` may be None for the caption-only
-        scorer, or when ``image_ids`` are cached; ``image_embeds`` (ViT tokens) skip the ViT for ``itm``."""
+              image_feats: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """One humour score per (image, caption) row, (B,). The image side is ``images`` (B, 3, H, W),
+        or cached ``image_ids``, or precomputed: ``image_feats`` (B, Q, E) for ``itc``, ``image_embeds``
+        (B, N, D_vit ViT tokens) for ``itm``. The caption-only scorer reads no image."""
         if self.config.head == "itm":
             if image_embeds is None:
                 image_embeds = self.encode_image(images)
             with self._grad():
                 hidden = self.backbone.itm_hidden(image_embeds, *self.tokenize(captions))
             return self.head(hidden.mean(dim=1))
-        image_feats = self.image_feats(images, image_ids) if self.config.use_image else None
-        return self.head(self.head.itc_features(image_feats, self.text_feats(captions)))
+        if self.config.use_image and image_feats is None:
+            image_feats = self.image_feats(images, image_ids)
+        return self.head(self.head.itc_features(image_feats if self.config.use_image else None,
+                                                self.text_feats(captions)))
 
-    def similarity(self, images: torch.Tensor, captions: list[str], image_ids: list[str] | None = None) -> torch.Tensor:
-        """BLIP-2's ITC image-caption similarity per row (best query's cosine), (B,)."""
+    def similarity(self, images: torch.Tensor | None, captions: list[str], image_ids: list[str] | None = None,
+                   image_feats: torch.Tensor | None = None) -> torch.Tensor:
+        """BLIP-2's ITC image-caption similarity per row (the best query's cosine), (B,)."""
         if not self.config.use_image:
-            raise ConfigError("similarity() needs an image: this scorer has model.use_image=False.")
+            raise ConfigError("similarity() needs an image: this scorer has model.use_image=False (caption only).")
         with torch.no_grad():
-            return self.backbone.itc_similarity(self.image_feats(images, image_ids), self.text_feats(captions))
+            if image_feats is None:
+                image_feats = self.image_feats(images, image_ids)
+            return self.backbone.itc_similarity(image_feats, self.text_feats(captions))
 
     def forward(self, samples: dict) -> dict:
         """A batch of pairs (``image`` (B, 3, H, W) unless cached, ``image_id``, ``text_win``, ``text_lose``)
@@ -248,8 +254,7 @@ class HICScorer(nn.Module):
             scores = self.score(None, win + lose, image_embeds=torch.cat([embeds, embeds]))
         elif self.config.use_image:
             feats = self.image_feats(images, ids)
-            texts = self.text_feats(win + lose)
-            scores = self.head(self.head.itc_features(torch.cat([feats, feats]), texts))
+            scores = self.score(None, win + lose, image_feats=torch.cat([feats, feats]))
         else:
             scores = self.score(None, win + lose)
         return {"score_win": scores[: len(win)], "score_lose": scores[len(win):]}

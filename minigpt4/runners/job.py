@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import logging
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,13 @@ def save_checkpoint(state: dict, path: Path) -> None:
     logger.info("Saving checkpoint at epoch %s to %s.", state.get("epoch"), path)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def copy_checkpoint(source: Path, target: Path) -> None:
+    """A whole copy of a written checkpoint (``checkpoint_best.pth``), atomically."""
+    logger.info("Copying checkpoint %s to %s.", source, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def _not_a_resume_point(path: Path, why: str) -> CheckpointError:

@@ -32,10 +32,11 @@ class RunLog:
     def config(self, config: dict) -> None:
         self._append("log.txt", json.dumps(config, indent=4))
 
-    def epoch(self, epoch: int, stats: dict) -> None:
-        self._append("log.txt", json.dumps({"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}}))
+    def epoch(self, epoch: int, stats: dict, validation: dict | None = None) -> None:
+        record = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()}, **(validation or {})}
+        self._append("log.txt", json.dumps(record))
 
-    def step(self, epoch: int, i: int, loss: float, lr: float) -> None:
+    def step(self, epoch: int, i: int, loss: float, lr: float, extra: dict | None = None) -> None:
         if not self.main:
             return
         now, step = time.time(), epoch * self.iters_per_epoch + i
@@ -43,7 +44,7 @@ class RunLog:
         if self._last is not None and step > self._last[1]:
             rate = (step - self._last[1]) * self.global_batch / max(now - self._last[0], 1e-9)
         self._last = (now, step)
-        row = {"epoch": epoch, "iter": i, "step": step, "loss": loss, "lr": lr, "samples_per_s": rate}
+        row = {"epoch": epoch, "iter": i, "step": step, "loss": loss, "lr": lr, "samples_per_s": rate, **(extra or {})}
         self._append("metrics.jsonl", json.dumps(row))
 
     def plot(self) -> None:

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 # Keys of the original that nothing here reads: accepted (original configs load) with one warning.
 # A key that becomes read (``valid_splits`` for validation each epoch) moves from here to a field.
 IGNORED_RUN_KEYS = (
-    "batch_size_eval", "valid_splits", "test_splits", "use_dist_eval_sampler", "train_dataset_ratios",
+    "test_splits", "use_dist_eval_sampler", "train_dataset_ratios",
     "max_iters", "iters_per_inner_epoch", "max_len", "min_len", "num_beams", "num_ans_candidates",
     "inference_method", "k_test",
 )
@@ -74,6 +74,8 @@ class RunConfig:
     resume_ckpt_path: Optional[str] = None
     evaluate: bool = False  # the original's evaluation-only mode: nothing is trained
     train_splits: list[str] = field(default_factory=lambda: ["train"])
+    valid_splits: list[str] = field(default_factory=list)  # validated after each epoch by the task (none: [])
+    batch_size_eval: Optional[int] = _range(None, low=1)  # per process, for validation (default: batch_size_train)
     device: str = "cuda"
     dist_url: str = "env://"
     save_every_iters: int = _range(0, low=0)  # new: mid-epoch checkpoints (0: none)

@@ -93,6 +93,8 @@ class RunnerBase:
 
         self.optimizer = build_optimizer(self.model, run.init_lr, run.weight_decay, run.beta2)
         self.amp_dtype, self.scaler = self.precision_policy()
+        self.datasets = datasets  # the validation splits are read from here after each epoch
+        self.best = None  # {"metric", "value", "epoch"} of checkpoint_best.pth (task.best_metric)
         self.train_loader = build_train_loader(
             datasets, run.batch_size_train, run.num_workers, run.seed, self.rank, self.world_size,
             pin_memory=self.device.type == "cuda",
@@ -167,6 +169,7 @@ class RunnerBase:
             self.lr_scheduler.step(cur_epoch=epoch, cur_step=i)
             with self.autocast():
                 loss = self.task.train_step(self.model, samples)
+            loss, extra = (loss["loss"], loss.get("log", {})) if isinstance(loss, dict) else (loss, {})
             # as the original, the loss is not divided by accum_grad_iters
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             if (i + 1) % accum == 0:
@@ -176,10 +179,12 @@ class RunnerBase:
                 else:
                     self.optimizer.step()
                 self.optimizer.zero_grad()
-            lr, loss_value = self.optimizer.param_groups[0]["lr"], loss.item()  # one device sync
-            metric_logger.update(loss=loss_value, lr=lr)
+            lr = self.optimizer.param_groups[0]["lr"]
+            loss_value, *extra_values = torch.stack([loss.detach().float(), *extra.values()]).tolist()  # one sync
+            extra = dict(zip(extra, extra_values))
+            metric_logger.update(loss=loss_value, lr=lr, **extra)
             if i % self.run.log_freq == 0 or i == n - 1:
-                self.log.step(epoch, i, loss_value, lr)
+                self.log.step(epoch, i, loss_value, lr, extra)
             if self.is_mid_epoch_save_point(i):
                 self.save_checkpoint(epoch, iters_done=i + 1)
         metric_logger.synchronize_between_processes()
@@ -187,13 +192,33 @@ class RunnerBase:
         return {name: meter.global_avg for name, meter in metric_logger.meters.items()}
 
     def end_epoch(self, epoch: int, stats: dict) -> None:
-        """After each epoch: its line in ``log.txt``, its checkpoint, the redrawn plot. (Validation
-        metrics from the task and a ``checkpoint_best.pth``, ``job.checkpoint_path(dir, "best")``,
-        belong here too.)"""
-        self.log.epoch(epoch, stats)
+        """After each epoch: the task's validation numbers (``run.valid_splits``), its line in
+        ``log.txt``, its checkpoint, ``checkpoint_best.pth`` when the task's ``best_metric`` improved,
+        the redrawn plot."""
+        validation = {}
+        if self.run.valid_splits:
+            validation = self.task.validate(self.unwrapped_model, self.datasets, self.run.valid_splits,
+                                            self.run.batch_size_eval or self.run.batch_size_train)
+        self.log.epoch(epoch, stats, validation)
+        improved = self.update_best(epoch, validation)
         self.save_checkpoint(epoch, iters_done=self.iters_per_epoch)
+        if improved and dist_utils.is_main_process():
+            path = job.checkpoint_path(self.output_dir, epoch)
+            job.copy_checkpoint(path, job.checkpoint_path(self.output_dir, "best"))
         self.log.plot()
         dist_utils.barrier()
+
+    def update_best(self, epoch: int, validation: dict) -> bool:
+        """Whether ``validation`` beats the best so far on the task's ``best_metric``."""
+        name, mode = self.task.best_metric or (None, None)
+        if name is None or validation.get(name) is None:
+            return False
+        value = float(validation[name])
+        if self.best is not None and not (value > self.best["value"] if mode == "max" else value < self.best["value"]):
+            return False
+        self.best = {"metric": name, "value": value, "epoch": epoch}
+        logger.info("Best %s so far: %.4f (epoch %d) -> checkpoint_best.pth", name, value, epoch)
+        return True
 
     def is_mid_epoch_save_point(self, i: int) -> bool:
         done, every = i + 1, self.run.save_every_iters
@@ -222,6 +247,7 @@ class RunnerBase:
             "world_size": self.world_size,
             "data_state": self.train_loader.state_dict(),
             "rng_states": rng_states,
+            "best": self.best,
         }
         mid_epoch = iters_done < self.iters_per_epoch
         job.save_checkpoint(state, job.checkpoint_path(self.output_dir, epoch, iters_done if mid_epoch else None))
@@ -244,6 +270,7 @@ class RunnerBase:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.warn_changed_run_keys(path, ckpt)
+        self.best = ckpt.get("best")
         epoch, iters_done = int(ckpt["epoch"]), int(ckpt.get("iters_done", self.iters_per_epoch))
         if iters_done >= min(int(ckpt.get("iters_per_epoch", self.iters_per_epoch)), self.iters_per_epoch):
             self.start_epoch, self.start_iter = epoch + 1, 0

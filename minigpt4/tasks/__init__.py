@@ -1,6 +1,7 @@
 from minigpt4.common.errors import ConfigError
 from minigpt4.common.registry import registry
 from minigpt4.tasks.base_task import BaseTask
+from minigpt4.tasks.humour_ranking import HumourRankingTask  # noqa: F401  (registers humour_ranking)
 from minigpt4.tasks.image_text_pretrain import ImageTextPretrainTask
 
 

@@ -8,6 +8,9 @@ from minigpt4.common.registry import registry
 
 
 class BaseTask:
+    # the validation number that picks ``checkpoint_best.pth``: (name, "max" | "min"), or None (no best)
+    best_metric: tuple[str, str] | None = None
+
     @classmethod
     def setup_task(cls, cfg=None, **kwargs):
         return cls()
@@ -33,4 +36,10 @@ class BaseTask:
         return datasets
 
     def train_step(self, model, samples: dict):
+        """The loss of one batch; a task may return ``{"loss": loss, "log": {name: scalar tensor}}`` to
+        have more numbers logged beside it."""
         return model(samples)["loss"]
+
+    def validate(self, model, datasets: dict, splits: list[str], batch_size: int) -> dict:
+        """Numbers on ``run.valid_splits`` after each epoch, e.g. ``{"val_loss": ...}``; none by default."""
+        return {}

@@ -1,0 +1,3 @@
+from minigpt4.humour.scorer import HumourScorer
+
+__all__ = ["HumourScorer"]
