@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# eval_configs/minigpt4_tiny_eval.yaml with the random tiny weights (the quickstart config memorises the examples)
+TINY_RANDOM_EVAL = FIXTURES / "minigpt4_tiny_random_eval.yaml"
 
 
 def pytest_configure(config):
@@ -38,10 +40,10 @@ def make_config(cfg_path, options=None, check_paths=True):
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_dir):
-    """The tiny eval model (eval_configs/minigpt4_tiny_eval.yaml) on CPU; do not train it in place."""
+    """The tiny eval model with random weights (TINY_RANDOM_EVAL) on CPU; do not train it in place."""
     from minigpt4.common.registry import registry
 
-    cfg = make_config(ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml")
+    cfg = make_config(TINY_RANDOM_EVAL)
     model = registry.get_model_class("mini_gpt4").from_config(cfg.model_cfg, device="cpu")
     model.eval()
     return model

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ROOT, make_config
+from conftest import ROOT, TINY_RANDOM_EVAL, make_config
 
-TINY_EVAL = ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml"
+TINY_EVAL = TINY_RANDOM_EVAL
 
 
 def write(tmp_path, text, name="user.yaml"):
@@ -89,15 +89,33 @@ def test_registry_fails_loudly():
     assert registry.get("a.b.c") == 3 and registry.get("a.x", default=5) == 5
 
 
-def test_every_shipped_config_parses(tmp_path):
-    """Each YAML in eval_configs/ and train_configs/ merges; placeholders are the only complaint."""
+def test_every_shipped_config_loads_into_the_typed_configs(tmp_path):
+    """Each YAML in eval_configs/ and train_configs/ becomes typed sections (model, datasets and, for
+    training configs, run) with no unknown key and no warning about ignored original keys; weight
+    placeholders are the only complaint."""
+    import dataclasses
+    import logging
+
     from minigpt4.common.errors import ConfigError
+    from minigpt4.runners.run_config import RunConfig, build_run_config
 
     configs = sorted((ROOT / "eval_configs").glob("*.yaml")) + sorted((ROOT / "train_configs").glob("*.yaml"))
-    assert configs
+    assert len(configs) >= 7
     for path in configs:
-        cfg = make_config(path, check_paths=False)
-        assert cfg.model_cfg.arch == "mini_gpt4"
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("minigpt4").addHandler(handler)
+        try:
+            cfg = make_config(path, check_paths=False)
+            run = build_run_config(cfg) if path.parent.name == "train_configs" else None
+        finally:
+            logging.getLogger("minigpt4").removeHandler(handler)
+        assert isinstance(cfg.model, cfg.model_class.config_class) and dataclasses.is_dataclass(cfg.model), path
+        assert set(cfg.datasets) == set(cfg.datasets_cfg), path
+        assert run is None or isinstance(run, RunConfig), path
+        ignored = [r.getMessage() for r in records if "not read by this package" in r.getMessage()]
+        assert not ignored, f"{path} sets keys the package ignores: {ignored}"
         try:
             make_config(path)
         except ConfigError as err:

@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from conftest import ROOT, make_config
+from conftest import ROOT, TINY_RANDOM_EVAL, make_config
 
-TINY_EVAL = ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml"
+TINY_EVAL = TINY_RANDOM_EVAL
 
 
 class Evil:

@@ -90,6 +90,9 @@ class Config:
         self.model_class = registry.get_model_class(self.config.model.arch)
         # the typed model section: every key checked (name, type, allowed values), errors name the file
         self.model = self.model_class.config_class.from_node(self.config.model, self.origin)
+        # the typed dataset sections, checked against their builders' keys
+        self.datasets = {name: registry.get_builder_class(name).check_config(node, self.origin)
+                         for name, node in self.datasets_cfg.items()}
         if check_paths:
             self.check_model_paths()
 
@@ -155,8 +158,12 @@ class Config:
 
     # -- validation --------------------------------------------------------------------------
     def origin(self, key: str) -> str:
-        """Where a flattened key (``model.llama_model``) was last set."""
-        return self.origins.get(key, "the package defaults")
+        """Where a flattened key (``model.llama_model``) was last set; for a section key
+        (``datasets.x.vis_processor``), where the last key inside it was set."""
+        if key in self.origins:
+            return self.origins[key]
+        inside = [where for name, where in self.origins.items() if name.startswith(key + ".")]
+        return inside[-1] if inside else "the package defaults"
 
     def check_model_paths(self) -> None:
         """Fail early when a weight path is still a placeholder or does not exist."""

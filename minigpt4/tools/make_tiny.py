@@ -32,6 +32,7 @@ from minigpt4.models.blip2_text import BERT_MAX_POSITIONS, BLIP2_EMBED_DIM, tiny
 from minigpt4.models.config import MiniGPT4Config, QFormerConfig, VisionConfig
 from minigpt4.models.eva_vit import build_eva_vit
 from minigpt4.models.qformer import build_qformer, qformer_key_to_original
+from minigpt4.tools.memorise import memorise
 
 PRESET_YAMLS = {"tiny": "minigpt4_tiny.yaml", "mid": "minigpt4_mid.yaml"}
 
@@ -46,11 +47,13 @@ def preset_spec(preset: str) -> dict:
         image_size=model.image_size, num_query_token=model.num_query_token,
         vit=asdict(model.vit_config), qformer=asdict(model.qformer_config),
         llama=OmegaConf.to_container(node.make_tiny.llama), vocab_size=int(node.make_tiny.vocab_size),
+        cross_attention_std=node.make_tiny.get("qformer_cross_attention_std"),
     )
 
 
 SEED = 20230617
-VERSION = 4  # bump when the output changes, so caches are rebuilt
+MEMORISED = "minigpt4_memorised.pth"  # the quickstart checkpoint (minigpt4/tools/memorise.py)
+VERSION = 5  # bump when the output changes, so caches are rebuilt
 
 # Text the tiny tokenizer is trained on: the prompts and separators it will see, plus humour.
 _CORPUS = [
@@ -92,6 +95,12 @@ def _vit_state(preset: dict) -> dict:
 
 def _blip2_state(preset: dict) -> dict:
     qformer, query_tokens = build_qformer(preset["num_query_token"], preset["vit"]["embed_dim"], QFormerConfig(**preset["qformer"]))
+    std = preset["cross_attention_std"]
+    if std:  # wider cross-attention weights than BERT's 0.02, so the random Q-Former passes on the image
+        with torch.no_grad():
+            for name, param in qformer.named_parameters():
+                if ".crossattention." in name and name.endswith(".weight") and param.dim() == 2:
+                    param.mul_(std / 0.02)
     state = {f"Qformer.{k}": v for k, v in qformer.state_dict().items()}
     state = {qformer_key_to_original(k): v for k, v in state.items()}
     hidden, inter = preset["qformer"]["hidden_size"], preset["qformer"]["intermediate_size"]
@@ -186,9 +195,21 @@ def ensure_tiny(preset: str = "tiny") -> Path:
     return out
 
 
+def ensure_memorised(preset: str = "tiny") -> Path:
+    """The quickstart checkpoint of ``preset``: trained on the bundled examples (see
+    :mod:`minigpt4.tools.memorise`), made on first use beside the generated weights."""
+    folder = ensure_tiny(preset)
+    out = folder / MEMORISED
+    if not out.is_file():
+        with FileLock(str(folder) + ".lock"):
+            if not out.is_file():
+                memorise(folder, preset_spec(preset), out)
+    return out
+
+
 def _tiny_weights(preset: str, name: str) -> str:
     """``${minigpt4_tiny:tiny,llama}`` in a YAML: a file of the generated small model, made on first use."""
-    return str(ensure_tiny(preset) / name)
+    return str(ensure_memorised(preset) if name == MEMORISED else ensure_tiny(preset) / name)
 
 
 if not OmegaConf.has_resolver("minigpt4_tiny"):
@@ -200,9 +221,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (replaced if it exists)")
     parser.add_argument("--preset", default="tiny", choices=sorted(PRESET_YAMLS))
+    parser.add_argument("--memorise", action="store_true",
+                        help=f"also train the quickstart checkpoint {MEMORISED} on the bundled examples")
     args = parser.parse_args(argv)
     out = make_tiny(args.out, args.preset)
-    print(f"Wrote a {args.preset} MiniGPT-4 to {out}; its model keys are in {out / 'config.yaml'}.")
+    print(f"Wrote a {args.preset} MiniGPT-4 to {out}; its weight files are listed in {out / 'config.yaml'}.")
+    if args.memorise:
+        print(f"Wrote {memorise(out, preset_spec(args.preset), out / MEMORISED)} (memorised the bundled examples).")
 
 
 if __name__ == "__main__":
