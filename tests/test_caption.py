@@ -24,7 +24,7 @@ from minigpt4.inference.inputs import list_images, open_image, strip_image_messa
 from minigpt4.inference.records import CaptionRecord, CaptionWriter, read_caption_file
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CFG = ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml"
+TINY_CFG = ROOT / "tests" / "fixtures" / "minigpt4_tiny_random_eval.yaml"  # random weights (conftest.TINY_RANDOM_EVAL)
 SKIMAGE_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera")
 # Two prompts of different token lengths, so batches mix lengths and left padding is exercised.
 PROMPTS = ("Describe this image in a funny way.", "Could you write a funny caption of this image for me?")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CFG = ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml"
+TINY_CFG = ROOT / "tests" / "fixtures" / "minigpt4_tiny_random_eval.yaml"  # random weights (conftest.TINY_RANDOM_EVAL)
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 EXAMPLE = ROOT / "examples" / "image" / "coffee.jpg"
 
