@@ -210,7 +210,8 @@ def test_shipped_train_configs_load_without_warnings(caplog):
     assert (run.max_epoch, run.iters_per_epoch, run.batch_size_train, run.amp, run.seed) == (30, 3000, 12, True, 42)
     assert (run.lr_sched, run.beta2, run.accum_grad_iters, run.num_workers) == ("linear_warmup_cosine_lr", 0.999, 1, 4)
     assert (model.max_txt_len, model.end_sym, model.prompt_template) == (160, "###", "###Human: {} ###Assistant: ")
-    assert model.ckpt.startswith("/path/to/") and cfg.datasets_cfg.cc_sbu_align.build_info.storage.startswith("/path/to/")
+    # the HIC data by its name: the oxford_hic builder trains on filter_cap.json as cc_sbu_align does
+    assert model.ckpt.startswith("/path/to/") and cfg.datasets_cfg.oxford_hic.build_info.storage.startswith("/path/to/")
     with pytest.raises(ConfigError, match="placeholder"):
         make_config(STAGE2)
 

@@ -248,7 +248,7 @@ class MiniGPT4(nn.Module):
         return inputs_llama, atts_llama
 
     def prompt_wrap(self, img_embeds, atts_img, prompt: str):
-        """Splice image embeddings into ``prompt`` at ``<ImageHere>`` (same prompt for the whole batch)."""
+        """Splice image embeddings into ``prompt`` at the image placeholder (same prompt for the whole batch)."""
         if not prompt:
             return img_embeds, atts_img
         p_before, p_after = prompt.split(IMAGE_PLACEHOLDER)

@@ -28,11 +28,13 @@ from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from minigpt4.common.paths import PACKAGE_ROOT, cache_root
+from minigpt4.constants import IMAGE_MESSAGE
+from minigpt4.datasets.hic_format import read_split
 from minigpt4.models.blip2_text import BERT_MAX_POSITIONS, BLIP2_EMBED_DIM, tiny_tokenizer_size, write_bert_tokenizer
 from minigpt4.models.config import MiniGPT4Config, QFormerConfig, VisionConfig
 from minigpt4.models.eva_vit import build_eva_vit
 from minigpt4.models.qformer import build_qformer, qformer_key_to_original
-from minigpt4.tools.memorise import memorise
+from minigpt4.tools.memorise import EXAMPLES, memorise
 
 PRESET_YAMLS = {"tiny": "minigpt4_tiny.yaml", "mid": "minigpt4_mid.yaml"}
 
@@ -53,15 +55,15 @@ def preset_spec(preset: str) -> dict:
 
 SEED = 20230617
 MEMORISED = "minigpt4_memorised.pth"  # the quickstart checkpoint (minigpt4/tools/memorise.py)
-VERSION = 5  # bump when the output changes, so caches are rebuilt
+VERSION = 6  # bump when the output changes, so caches are rebuilt
 
 # Text the tiny tokenizer is trained on: the prompts and separators it will see, plus humour.
 _CORPUS = [
     "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it to you. Please answer my questions.",
-    "###Human: <Img><ImageHere></Img> Describe this image in a funny way. ###Assistant: ",
-    "###Human: <Img><ImageHere></Img> Take a look at this image and tell a joke about it. ###Assistant: ",
-    "###Human: <Img><ImageHere></Img> Please provide a humourous description of the picture. ###Assistant: ",
-    "###Human: <Img><ImageHere></Img> Could you write a funny caption of this image for me? ###Assistant: ",
+    f"###Human: {IMAGE_MESSAGE} Describe this image in a funny way. ###Assistant: ",
+    f"###Human: {IMAGE_MESSAGE} Take a look at this image and tell a joke about it. ###Assistant: ",
+    f"###Human: {IMAGE_MESSAGE} Please provide a humourous description of the picture. ###Assistant: ",
+    f"###Human: {IMAGE_MESSAGE} Could you write a funny caption of this image for me? ###Assistant: ",
     "When your cat thinks the laptop is a heated bed.###",
     "Me pretending to understand the joke, again, for the third time today.###",
     "The astronaut forgot the milk, so now we are all going back to the moon.###",
@@ -70,10 +72,16 @@ _CORPUS = [
 ]
 
 
+def tokenizer_corpus() -> list[str]:
+    """``_CORPUS`` plus the captions of the bundled examples (``examples/filter_cap.json``), so the
+    quickstart model's memorised captions are a few pieces a word, not a few bytes."""
+    return _CORPUS + [f"{item.captions[0].caption}###" for item in read_split(EXAMPLES, "train")]
+
+
 def _write_tokenizer(folder: Path, vocab_size: int) -> None:
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_CORPUS * 20), model_writer=model, vocab_size=vocab_size, model_type="bpe",
+        sentence_iterator=iter(tokenizer_corpus() * 20), model_writer=model, vocab_size=vocab_size, model_type="bpe",
         byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True,
         remove_extra_whitespaces=False, normalization_rule_name="identity", split_digits=True,
         character_coverage=1.0, num_threads=1, minloglevel=2, hard_vocab_limit=False,
