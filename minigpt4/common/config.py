@@ -64,6 +64,14 @@ def _flat_keys(node: Any, prefix: str = "") -> list[str]:
     return [prefix[:-1]]
 
 
+def _known(lookup, key: str, cfg_path: str):
+    """``lookup()``, with a registry or preset miss reported as a ConfigError naming ``key``."""
+    try:
+        return lookup()
+    except KeyError as err:
+        raise ConfigError(f"{key} in {cfg_path}: {err}") from None
+
+
 class Config:
     """Build the merged configuration from ``args.cfg_path`` and ``args.options``."""
 
@@ -110,26 +118,23 @@ class Config:
                     f"Valid sections: {', '.join(SECTIONS)}."
                 )
 
+    @staticmethod
+    def _model_key(model: DictConfig, options: DictConfig, key: str, cfg_path: str, known: str) -> str:
+        value = options.get("model", {}).get(key) or model.get(key)
+        if value is None:
+            raise ConfigError(f"'model.{key}' is not set in {cfg_path}; known: {known}.")
+        return value
+
     def build_model_config(self, user: DictConfig, options: DictConfig, cfg_path: str) -> DictConfig:
         model = user.get("model")
         if model is None:
             raise ConfigError(f"{cfg_path} has no 'model:' section (missing model configuration).")
-        arch = options.get("model", {}).get("arch") or model.get("arch")
-        if arch is None:
-            raise ConfigError(f"'model.arch' is not set in {cfg_path}; known archs: {', '.join(registry.list_models())}.")
-        try:
-            model_cls = registry.get_model_class(arch)
-        except KeyError as err:
-            raise ConfigError(f"model.arch in {cfg_path}: {err}") from None
+        arch = self._model_key(model, options, "arch", cfg_path, ", ".join(registry.list_models()))
+        model_cls = _known(lambda: registry.get_model_class(arch), "model.arch", cfg_path)
         # The original meant ``--options model.model_type=X`` to pick the default YAML but never
         # did (quirk 15); here the option does what it says.
-        model_type = options.get("model", {}).get("model_type") or model.get("model_type")
-        if model_type is None:
-            raise ConfigError(f"'model.model_type' is not set in {cfg_path}; choose one of {model_cls.model_types()}.")
-        try:
-            default_path = model_cls.default_config_path(model_type)
-        except KeyError as err:
-            raise ConfigError(f"model.model_type in {cfg_path}: {err}") from None
+        model_type = self._model_key(model, options, "model_type", cfg_path, ", ".join(model_cls.model_types()))
+        default_path = _known(lambda: model_cls.default_config_path(model_type), "model.model_type", cfg_path)
         # only the model section of a preset YAML (``make_tiny:`` there describes the generated weights)
         defaults = OmegaConf.create({"model": OmegaConf.load(default_path).model})
         self._note(defaults, os.path.relpath(default_path, PROJECT_ROOT))
@@ -143,10 +148,7 @@ class Config:
         if datasets is None:
             return merged
         for name in datasets:
-            try:
-                builder_cls = registry.get_builder_class(name)
-            except KeyError as err:
-                raise ConfigError(f"datasets.{name} in {cfg_path}: {err}") from None
+            builder_cls = _known(lambda: registry.get_builder_class(name), f"datasets.{name}", cfg_path)
             dataset_type = datasets[name].get("type", "default")
             default_path = builder_cls.default_config_path(dataset_type)
             defaults = OmegaConf.load(default_path)
