@@ -11,6 +11,10 @@ folder) or one image. Each output line is one (image, caption): ``image`` (absol
 Re-running with the same ``--out`` skips the images already there (matched by their real path);
 a rerun with other settings is refused unless ``--force-append``. Greedy decoding by default
 (``--do-sample`` for the demo's sampling); answers are cleaned as ``Chat.answer`` cleans them.
+
+Over many processes, ``torchrun --nproc-per-node N caption.py ...`` or ``--shard i/n`` (cluster job
+arrays) split the images into part files beside ``--out`` and merge them into it in input order
+(:mod:`minigpt4.inference.shards`).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from minigpt4.constants import IMAGE_MESSAGE
 from minigpt4.inference.batch import BatchCaptioner, GenerationSettings, check_num_captions
 from minigpt4.inference.inputs import list_images, open_image, read_prompt_file, strip_image_message
 from minigpt4.inference.loading import build_for_inference, load_config, model_info, resolve_device
-from minigpt4.inference.records import CaptionRecord, CaptionWriter, RunSettings, check_output_file, image_key, plan_resume
+from minigpt4.inference.records import CaptionRecord, CaptionWriter, RunSettings, check_output_file, image_key
+from minigpt4.inference.shards import ShardRun, parse_shard
 
 DEFAULT_PROMPT = "Could you write a funny caption of this image for me?"
 logger = logging.getLogger("caption")
@@ -66,6 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--retry-errors", action="store_true", help="caption again the images with an error line in --out")
     p.add_argument("--force-append", action="store_true",
                    help="append to an --out made with other settings (its lines are kept and not counted as done)")
+    p.add_argument("--shard", metavar="I/N",
+                   help="without torchrun (cluster job arrays): caption shard I of N (0-based) into a part file "
+                        "beside --out; the run that finds all N parts done merges them into --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_debug_flag(p)
     args = p.parse_args(argv)
@@ -83,6 +91,7 @@ def check_args(args) -> None:
     if args.all_prompts and not args.prompt_file:
         raise ConfigError("--all-prompts needs --prompt-file.")
     parse_options(args.options)  # a malformed --options item fails here, naming it
+    parse_shard(args.shard)
     check_num_captions(args.num_captions, generation_settings(args))
 
 
@@ -171,21 +180,29 @@ def main(argv=None) -> int:
     prompts = read_prompts(args)
     out = Path(args.out)
     check_output_file(out)
+    with ShardRun(out, args.shard) as shard:  # locks --out; under torchrun or --shard: this process's part
+        return caption_run(args, prompts, out, shard)
+
+
+def caption_run(args, prompts: list[str], out: Path, shard: ShardRun) -> int:
+    """Caption this process's share of the images (all of them without sharding) into ``shard.target``."""
     jobs = plan_jobs(args, prompts)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, gpu_id=shard.local_rank)
     cfg = load_config(args.cfg_path, args.options, device)
     settings = generation_settings(args)
     run = RunSettings({**settings.as_dict(), "num_captions": args.num_captions, "seed": args.seed},
                       model_info(cfg, device), prompts)
-    done, dropped = plan_resume(out, {job.key: job.expected(args.num_captions) for job in jobs}, run,
+    done, dropped = shard.plan_resume({job.key: job.expected(args.num_captions) for job in jobs}, run,
                                 args.retry_errors, args.force_append)
     if dropped:
         logger.warning("%s: dropped %d line(s) of images whose captions were cut short (they are captioned "
-                       "again).", out, dropped)
-    todo = [job for job in jobs if job.key not in done]
-    logger.info("%d images, %d already in %s, %d to caption.", len(jobs), len(jobs) - len(todo), out, len(todo))
+                       "again).", shard.target, dropped)
+    mine = shard.share(jobs)
+    todo = [job for job in mine if job.key not in done]
+    logger.info("%s%d images, %d already captioned, %d to caption.", shard.tag, len(mine), len(mine) - len(todo),
+                len(todo))
     if not todo:
-        return 0
+        return shard.finish()
 
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -193,7 +210,8 @@ def main(argv=None) -> int:
     captioner = BatchCaptioner(model, vis_processor, device)
     errors = captions = 0
     start = time.perf_counter()
-    with CaptionWriter(out) as writer, tqdm(total=len(todo), unit="img", disable=args.quiet, dynamic_ncols=True) as bar:
+    with (CaptionWriter(shard.target) as writer,
+          tqdm(total=len(todo), unit="img", disable=args.quiet, dynamic_ncols=True) as bar):
         for records in caption_jobs(captioner, todo, settings, args, run):
             writer.write_image(records)  # one write: resume never sees half an image
             errors += records[0].is_error
@@ -202,8 +220,8 @@ def main(argv=None) -> int:
             bar.set_postfix(captions=captions, errors=errors, refresh=False)
     elapsed = time.perf_counter() - start
     logger.info("Wrote %d captions for %d images (%d unreadable) to %s in %.1f s (%.2f images/s).",
-                captions, len(todo) - errors, errors, out, elapsed, len(todo) / max(elapsed, 1e-9))
-    return 0
+                captions, len(todo) - errors, errors, shard.target, elapsed, len(todo) / max(elapsed, 1e-9))
+    return shard.finish()
 
 
 def cli(argv=None) -> None:

@@ -44,6 +44,12 @@ class CaptionRecord:
     error: str | None = None
     settings: dict | None = None
     model: dict | None = None
+    # best-of-N reranking (caption.py --rerank-cfg): the humour score, the rank among the image's
+    # candidates for its prompt (1 = best), whether it is the chosen one, and the scorer that ranked them
+    humour_score: float | None = None
+    rank: int | None = None
+    chosen: bool | None = None
+    scorer: dict | None = None
     extra: dict = dataclasses.field(default_factory=dict)  # fields of a newer writer, kept as they are
 
     @property
@@ -74,6 +80,13 @@ class CaptionRecord:
             raise CaptionsFileError(f"{where}: no caption.")
         record.prompt = _typed(row, "prompt", str, where) or ""
         record.num_tokens = _typed(row, "num_tokens", int, where)
+        score = row.get("humour_score")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+            raise CaptionsFileError(f"{where}: humour_score must be a number; got {score!r:.60}.")
+        record.humour_score = None if score is None else float(score)
+        record.rank = _typed(row, "rank", int, where)
+        record.chosen = _typed(row, "chosen", bool, where)
+        record.scorer = _typed(row, "scorer", dict, where)
         index = row.get("caption_index", 0)
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise CaptionsFileError(f"{where}: caption_index must be a whole number >= 0; got {index!r}.")
@@ -172,8 +185,69 @@ class RunSettings:
         return diffs
 
 
-def _describe(diffs: dict[str, tuple]) -> str:
+def describe_differences(diffs: dict[str, tuple]) -> str:
     return "; ".join(f"{name} ({stored!r} there, {now!r} now)" for name, (stored, now) in diffs.items())
+
+
+def settings_conflicts(existing: CaptionFile, run: RunSettings) -> dict[str, tuple]:
+    """``name -> (stored, now)`` for each setting in which some caption line of ``existing`` differs."""
+    found: dict[str, tuple] = {}
+    for line in existing.lines:
+        if not line.record.is_error:
+            for name, pair in run.differences(line.record).items():
+                found.setdefault(name, pair)
+    return found
+
+
+def check_same_settings(existing: CaptionFile, run: RunSettings, force_append: bool = False) -> None:
+    """Refuse an --out whose captions were made with other settings, unless ``force_append``."""
+    found = settings_conflicts(existing, run)
+    if found and not force_append:
+        raise CaptionsFileError(
+            f"--out {existing.path} holds captions made with other settings: {describe_differences(found)}. Write "
+            "to another --out, or pass --force-append to add this run's captions to the same file.")
+
+
+@dataclasses.dataclass
+class ResumeState:
+    """What a captions file holds for a run: the done images' lines by :func:`image_key`
+    (``captioned``: all the pairs the run writes; ``errored``: an error line), and the numbers of the
+    lines a resume drops (a torn last line, an image cut short, errors to retry)."""
+
+    captioned: dict[str, list[CaptionLine]]
+    errored: dict[str, list[CaptionLine]]
+    drop: set[int]
+
+    @property
+    def done(self) -> set[str]:
+        return set(self.captioned) | set(self.errored)
+
+
+def resume_state(existing: CaptionFile, expected: dict[str, set[tuple[str, int]]], run: RunSettings,
+                 retry_errors: bool = False) -> ResumeState:
+    """:func:`plan_resume`'s reading of ``existing``, without touching the file."""
+    captions: dict[str, list[CaptionLine]] = {}
+    errored: dict[str, list[CaptionLine]] = {}
+    drop: set[int] = set()
+    for line in existing.lines:
+        record, key = line.record, image_key(line.record.image)
+        if key not in expected:
+            continue
+        if record.is_error and retry_errors:
+            drop.add(line.number)
+        elif record.is_error:
+            errored.setdefault(key, []).append(line)
+        elif not run.differences(record):
+            captions.setdefault(key, []).append(line)
+    captioned = {}
+    for key, lines in captions.items():
+        if expected[key] <= {(line.record.prompt, line.record.caption_index) for line in lines}:
+            captioned[key] = lines
+        elif key not in errored:
+            drop.update(line.number for line in lines)  # an image cut short: captioned again, whole
+    if existing.torn is not None:
+        drop.add(existing.torn)
+    return ResumeState(captioned, errored, drop)
 
 
 def plan_resume(out: Path, expected: dict[str, set[tuple[str, int]]], run: RunSettings, retry_errors: bool = False,
@@ -189,41 +263,12 @@ def plan_resume(out: Path, expected: dict[str, set[tuple[str, int]]], run: RunSe
     if not out.exists():
         return set(), 0
     existing = read_caption_file(out)
-    found: dict[str, tuple] = {}
-    for line in existing.lines:
-        if not line.record.is_error:
-            for name, pair in run.differences(line.record).items():
-                found.setdefault(name, pair)
-    if found and not force_append:
-        raise CaptionsFileError(
-            f"--out {out} holds captions made with other settings: {_describe(found)}. Write to another --out, "
-            "or pass --force-append to add this run's captions to the same file.")
-    stored: dict[str, set] = {}
-    numbers: dict[str, list[int]] = {}
-    errored, drop = set(), set()
-    for line in existing.lines:
-        record, key = line.record, image_key(line.record.image)
-        if key not in expected:
-            continue
-        if record.is_error and retry_errors:
-            drop.add(line.number)
-        elif record.is_error:
-            errored.add(key)
-        elif not run.differences(record):
-            stored.setdefault(key, set()).add((record.prompt, record.caption_index))
-            numbers.setdefault(key, []).append(line.number)
-    done = set(errored)
-    for key, pairs in stored.items():
-        if expected[key] <= pairs:
-            done.add(key)
-        elif key not in errored:
-            drop.update(numbers[key])  # an image cut short: captioned again, whole
-    if existing.torn is not None:
-        drop.add(existing.torn)
-    if drop:
-        kept = [line.raw + b"\n" for line in existing.lines if line.number not in drop]
+    check_same_settings(existing, run, force_append)
+    state = resume_state(existing, expected, run, retry_errors)
+    if state.drop:
+        kept = [line.raw + b"\n" for line in existing.lines if line.number not in state.drop]
         atomic_write_bytes(out, b"".join(kept))
-    return done, len(drop)
+    return state.done, len(state.drop)
 
 
 # -- writing ----------------------------------------------------------------------------------------
