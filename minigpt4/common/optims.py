@@ -111,11 +111,16 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: torch.nn.Module, init_lr: float, weight_decay: float, beta2: float) -> torch.optim.AdamW:
-    """AdamW as the original: lr ``run.init_lr``, betas ``(0.9, run.beta2)``, eps 1e-8."""
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay),
-        lr=float(init_lr),
-        weight_decay=float(weight_decay),
-        betas=(0.9, float(beta2)),
-    )
+def build_optimizer(model: torch.nn.Module, init_lr: float, weight_decay: float, beta2: float,
+                    fused: bool = False) -> torch.optim.AdamW:
+    """AdamW as the original: lr ``run.init_lr``, betas ``(0.9, run.beta2)``, eps 1e-8; with ``fused``
+    (``run.fused_adamw``) torch's fused kernel where the parameters' device has one (the same update
+    up to rounding), else the default implementation with a warning."""
+    groups = param_groups(model, weight_decay)
+    kwargs = dict(lr=float(init_lr), weight_decay=float(weight_decay), betas=(0.9, float(beta2)))
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except RuntimeError as err:  # torch: no fused kernel for this device or dtype
+            logger.warning("run.fused_adamw: %s; using the default AdamW.", err)
+    return torch.optim.AdamW(groups, **kwargs)

@@ -8,9 +8,11 @@ sizes, in their YAML files under ``minigpt4/configs/models/``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Optional
 
+from minigpt4.common.errors import ConfigError
 from minigpt4.common.schema import build_section
 from minigpt4.constants import BLIP2_FLANT5XXL_URL, EVA_VIT_G_URL
 
@@ -37,6 +39,16 @@ class QFormerConfig:
     num_attention_heads: int = 12
     intermediate_size: int = 3072
     cross_attention_freq: int = 2
+
+
+@dataclass
+class LoRAConfig:
+    """``model.lora``: LoRA adapters on the LLM through peft (absent: no adapters, the original)."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
 @dataclass
@@ -69,6 +81,14 @@ class MiniGPT4Config:
     end_sym: str = "\n"
     # a MiniGPT-4 checkpoint (llama_proj, and whatever else was trained) loaded after the parts
     ckpt: str = ""
+    # research options (docs/TRAINING.md), all off by default: LoRA adapters on the LLM (models/lora.py),
+    # the LLM in 8-bit or NF4 4-bit (GPU, bitsandbytes; low_resource: True is 8-bit), the training loss
+    lora: Optional[LoRAConfig] = None
+    merge_lora: bool = False  # inference: merge the adapters into the LLM's weights after loading
+    quantization: Optional[Literal["8bit", "4bit"]] = None
+    loss: Literal["ce", "pc"] = "ce"  # pc: the HIC paper's position-conditioned loss (models/losses.py)
+    pc_threshold: float = 0.9
+    pc_scale: float = 100.0
 
     # keys of the original that are accepted and not read (``prompt`` was read by nobody there either)
     IGNORED_KEYS = ("prompt",)
@@ -78,4 +98,33 @@ class MiniGPT4Config:
     @classmethod
     def from_node(cls, node, origin=lambda key: "the config") -> "MiniGPT4Config":
         """Build from a merged ``model`` config node; errors name the key and the file that set it."""
-        return build_section(cls, node, "model", origin, ignored=cls.IGNORED_KEYS)
+        config = build_section(cls, node, "model", origin, ignored=cls.IGNORED_KEYS)
+        if isinstance(config.lora, dict):  # an Optional section: build_section hands it over as a mapping
+            config.lora = build_section(LoRAConfig, config.lora, "model.lora", origin)
+        check_research_options(config, origin)
+        return config
+
+
+def check_research_options(config: MiniGPT4Config, origin=lambda key: "the config") -> None:
+    """Ranges of the LoRA, loss and quantisation keys (the LLM's module names are checked when it is built)."""
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"model.{key} (set in {origin('model.' + key)}) {why}")
+
+    lora = config.lora
+    if lora is not None:
+        if lora.r <= 0:
+            raise bad("lora.r", f"must be a positive integer (the adapters' rank, e.g. 16); got {lora.r}.")
+        if not (math.isfinite(lora.alpha) and lora.alpha > 0):
+            raise bad("lora.alpha", f"must be a positive number (e.g. 2 x r = {2 * lora.r}); got {lora.alpha}.")
+        if not 0 <= lora.dropout < 1:
+            raise bad("lora.dropout", f"must be in [0, 1); got {lora.dropout}.")
+        if not lora.target_modules:
+            raise bad("lora.target_modules", "is empty: name the LLM's linear modules to adapt, e.g. [q_proj, v_proj].")
+    if config.merge_lora and lora is None:
+        raise bad("merge_lora", "needs model.lora (the adapters to merge); remove merge_lora or set model.lora.")
+    if config.loss == "pc":
+        if not (math.isfinite(config.pc_threshold) and 0 <= config.pc_threshold <= 4):
+            raise bad("pc_threshold", f"must be in [0, 4] (position weights 4*i/L run from 0 to 4); "
+                                      f"got {config.pc_threshold}.")
+        if not (math.isfinite(config.pc_scale) and config.pc_scale > 0):
+            raise bad("pc_scale", f"must be a positive number (the paper's 100); got {config.pc_scale}.")

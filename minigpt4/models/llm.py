@@ -40,9 +40,51 @@ def load_tokenizer(llama_model: str):
     return tokenizer
 
 
+def quantization_bits(low_resource: bool, quantization: str | None) -> str | None:
+    """``"8bit"``, ``"4bit"`` or ``None``: ``model.quantization`` when set, else 8-bit for the original's
+    ``low_resource: True``."""
+    return quantization or ("8bit" if low_resource else None)
+
+
+def check_quantization(bits: str | None, device=None) -> None:
+    """A quantised LLM needs bitsandbytes on a CUDA GPU: a :class:`ConfigError` saying how to run instead."""
+    if bits is None:
+        return
+    key = "model.low_resource=True" if bits == "8bit" else f"model.quantization={bits}"
+    what = "8-bit" if bits == "8bit" else "NF4 4-bit (QLoRA / 4-bit inference)"
+    on_cpu = device is not None and torch.device(device).type == "cpu"
+    if on_cpu or not torch.cuda.is_available():
+        raise ConfigError(
+            f"{key} loads the LLM in {what} with bitsandbytes, which needs a CUDA GPU"
+            f"{' (this run is on the CPU)' if on_cpu else ' (none is available)'}. On CPU drop it "
+            "(--options model.low_resource=False model.quantization=null: everything then runs in float32), "
+            "or run on a machine with a CUDA GPU."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"{key} needs bitsandbytes: pip install -e '.[quant]'.")
+
+
+def quantization_config(bits: str):
+    """The ``BitsAndBytesConfig`` of ``bits``: LLM.int8() for 8-bit; NF4 with double quantisation and
+    bf16 compute for 4-bit (the QLoRA recipe)."""
+    from transformers import BitsAndBytesConfig
+
+    if bits == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if bits == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    raise ConfigError(f"model.quantization must be 8bit or 4bit; got {bits!r}.")
+
+
+def is_quantized(llm) -> bool:
+    return bool(getattr(llm, "is_loaded_in_8bit", False) or getattr(llm, "is_loaded_in_4bit", False))
+
+
 def load_llm(llama_model: str, dtype: torch.dtype, low_resource: bool = False, device_8bit: int = 0,
-             load_weights: bool = True, device=None):
-    """``LlamaForCausalLM`` in ``dtype``; with ``low_resource`` in 8-bit on GPU ``device_8bit``.
+             load_weights: bool = True, device=None, quantization: str | None = None):
+    """``LlamaForCausalLM`` in ``dtype``; with ``low_resource`` in 8-bit on GPU ``device_8bit``, with
+    ``quantization`` (``8bit`` / ``4bit``) quantised on that GPU (``device_8bit`` unless ``device`` is one).
     ``load_weights=False`` builds the architecture of ``config.json`` with random weights (benchmarks)."""
     path = _llm_dir(llama_model)
     if not (path / "config.json").is_file():
@@ -50,20 +92,14 @@ def load_llm(llama_model: str, dtype: torch.dtype, low_resource: bool = False, d
     kwargs = {"dtype": dtype}
     if device is not None and torch.device(device).type == "cuda":
         kwargs["device_map"] = {"": str(torch.device(device))}  # straight to the GPU, no CPU copy
-    if low_resource:
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "model.low_resource=True loads the LLM in 8-bit with bitsandbytes, which needs a CUDA GPU. "
-                "On CPU set --options model.low_resource=False (everything then runs in float32)."
-            )
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ConfigError("model.low_resource=True needs bitsandbytes: pip install -e '.[quant]'.")
-        from transformers import BitsAndBytesConfig
-
+    bits = quantization_bits(low_resource, quantization)
+    if bits is not None:
+        check_quantization(bits, device)
+        on_device = device is not None and torch.device(device).type == "cuda" and quantization is not None
         kwargs = {
-            "dtype": torch.float16,
-            "quantization_config": BitsAndBytesConfig(load_in_8bit=True),
-            "device_map": {"": int(device_8bit)},
+            "dtype": torch.float16 if bits == "8bit" else dtype,
+            "quantization_config": quantization_config(bits),
+            "device_map": kwargs["device_map"] if on_device else {"": int(device_8bit)},
         }
     if not load_weights:
         from transformers import AutoConfig

@@ -22,7 +22,10 @@ from minigpt4.constants import BLIP2_FLANT5XXL_URL, EVA_VIT_G_URL, IMAGE_PLACEHO
 from minigpt4.models.config import MiniGPT4Config
 from minigpt4.models.checkpoint import load_weights_file, resolve_weights, strict_load
 from minigpt4.models.eva_vit import build_eva_vit, cast_linear_conv_, convert_eva_state_dict, vit_features
-from minigpt4.models.llm import OriginalDecoder, load_llm, load_tokenizer
+from minigpt4.models.llm import OriginalDecoder, check_quantization, is_quantized, load_llm, load_tokenizer, quantization_bits
+from minigpt4.models.lora import (apply_lora, check_adapters_match, checkpoint_key_map, is_adapter_key, merge_lora,
+                                  saved_lora_config, to_checkpoint_names)
+from minigpt4.models.losses import pc_loss
 from minigpt4.models.qformer import (
     build_qformer,
     convert_blip2_state_dict,
@@ -75,6 +78,7 @@ class MiniGPT4(nn.Module):
         super().__init__()
         self.config = config
         device = torch.device(device)
+        check_quantization(quantization_bits(config.low_resource, config.quantization), device)  # before any loading
         on_gpu = device.type != "cpu"
         self.low_resource = config.low_resource
         self.vit_dtype = _precision(config.vit_precision, "vit_precision") if on_gpu else torch.float32
@@ -113,11 +117,14 @@ class MiniGPT4(nn.Module):
         self.llama_tokenizer = load_tokenizer(config.llama_model)
         self.decode_ids = OriginalDecoder(self.llama_tokenizer)
         self.llama_model = load_llm(config.llama_model, self.llm_dtype, low_resource=self.low_resource,
-                                    device_8bit=config.device_8bit, load_weights=load_weights, device=device)
+                                    device_8bit=config.device_8bit, load_weights=load_weights, device=device,
+                                    quantization=config.quantization)
         for p in self.llama_model.parameters():  # frozen, but in train mode under model.train(), as the original
             p.requires_grad_(False)
 
         self.llama_proj = nn.Linear(self.Qformer.config.hidden_size, self.llama_model.config.hidden_size)
+        if config.lora is not None:  # LoRA adapters on the LLM (models/lora.py), trained beside llama_proj
+            self.llama_model = apply_lora(self.llama_model, config.lora, quantized=is_quantized(self.llama_model))
         self.max_txt_len = config.max_txt_len
         self.end_sym = config.end_sym
         self.prompt_list = self.load_prompts(config.prompt_path, config.prompt_template)
@@ -166,23 +173,29 @@ class MiniGPT4(nn.Module):
     def checkpoint_may_miss(self, key: str) -> bool:
         """Which model keys a MiniGPT-4 checkpoint may leave out: the frozen parts it does not need to
         hold (they come from their own weight files), but never the projection it exists to carry."""
-        return not key.startswith(REQUIRED_CKPT_PREFIXES)
+        return not key.startswith(REQUIRED_CKPT_PREFIXES) and not is_adapter_key(key)  # LoRA adapters: required
 
-    def load_checkpoint(self, ckpt: str) -> list[str]:
+    def load_checkpoint(self, ckpt: str, fresh_adapters: bool = False) -> list[str]:
         """Load a MiniGPT-4 checkpoint (``{"model": ...}`` or a bare state dict, ``.pth`` or
         ``.safetensors``) in the original key layout. Every key must belong to the model and
         ``llama_proj.*`` must be there; buffers the original saved are ignored; frozen weights the
-        file does not hold stay as they are."""
+        file does not hold stay as they are. With ``model.lora`` its adapters must be there too (peft's
+        names), unless ``fresh_adapters`` and the file holds none (training starts from a checkpoint
+        without adapters). Returns the loaded keys in the checkpoint's layout."""
         path = Path(ckpt).expanduser()
         if not path.is_file():
             raise CheckpointError(f"model.ckpt {str(path)!r} does not exist; set model.ckpt to a MiniGPT-4 checkpoint file.")
         logger.info("Load BLIP2-LLM Checkpoint: %s", path)
-        state = load_weights_file(path, "MiniGPT-4 checkpoint (model.ckpt)")
-        if isinstance(state.get("model"), dict):
-            state = state["model"]
-        state = {qformer_key_to_ours(k): v for k, v in state.items() if not k.endswith(IGNORED_CKPT_SUFFIXES)}
-        loaded = strict_load(self, state, f"MiniGPT-4 checkpoint {path} (model.ckpt)", may_be_missing=self.checkpoint_may_miss)
-        logger.info("Loaded %d tensors from %s: %s", len(loaded), path, ", ".join(sorted(loaded)))
+        checkpoint = load_weights_file(path, "MiniGPT-4 checkpoint (model.ckpt)")
+        state = checkpoint["model"] if isinstance(checkpoint.get("model"), dict) else checkpoint
+        state = {k: v for k, v in state.items() if not k.endswith(IGNORED_CKPT_SUFFIXES)}
+        what = f"MiniGPT-4 checkpoint {path} (model.ckpt)"
+        fresh = not check_adapters_match(self, state, what, fresh_adapters, saved_lora_config(checkpoint))
+        names = checkpoint_key_map(self)  # LoRA adapters: peft's names -> ours
+        state = {names.get(k) or qformer_key_to_ours(k): v for k, v in state.items()}
+        loaded = strict_load(self, state, what, lambda key: (fresh and is_adapter_key(key)) or self.checkpoint_may_miss(key))
+        loaded = sorted(to_checkpoint_names(self, {qformer_key_to_original(k): None for k in loaded}))
+        logger.info("Loaded %d tensors from %s: %s", len(loaded), path, ", ".join(loaded))
         return loaded
 
     @staticmethod
@@ -212,7 +225,7 @@ class MiniGPT4(nn.Module):
         self.Qformer.to(device)
         self.query_tokens.data = self.query_tokens.data.to(device)
         self.llama_proj.to(device)
-        if not getattr(self.llama_model, "is_loaded_in_8bit", False):
+        if not is_quantized(self.llama_model):
             self.llama_model.to(device)
         return self
 
@@ -236,13 +249,17 @@ class MiniGPT4(nn.Module):
         """(B, 3, H, W) normalised images -> (``inputs_llama`` (B, Q, D_llm), ``atts_llama`` (B, Q) ones)."""
         device = self.device
         image = image.to(self.ln_vision.weight.device)
+        # frozen parts run without autograd (same values; nothing of theirs is kept for the backward)
+        frozen_vit, frozen_both = self.config.freeze_vit, self.config.freeze_vit and self.config.freeze_qformer
         with self.maybe_autocast():
-            image_embeds = self.ln_vision(vit_features(self.visual_encoder, image)).to(device)
+            with torch.no_grad() if frozen_vit else contextlib.nullcontext():
+                image_embeds = self.ln_vision(vit_features(self.visual_encoder, image)).to(device)
             image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device)
             query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
-            query_output = self.Qformer(
-                query_embeds=query_tokens, encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts
-            )
+            with torch.no_grad() if frozen_both else contextlib.nullcontext():
+                query_output = self.Qformer(
+                    query_embeds=query_tokens, encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts
+                )
             inputs_llama = self.llama_proj(query_output.last_hidden_state)
         atts_llama = torch.ones(inputs_llama.shape[:-1], dtype=torch.long, device=device)
         return inputs_llama, atts_llama
@@ -261,15 +278,18 @@ class MiniGPT4(nn.Module):
         wrapped = torch.cat([before.to(img_embeds.dtype), img_embeds, after.to(img_embeds.dtype)], dim=1)
         return wrapped, atts_img[:, :1].expand(-1, wrapped.shape[1])
 
-    def build_training_inputs(self, samples: dict) -> dict:
-        """The LLM inputs of one training batch: ``inputs_embeds``, ``attention_mask``, ``labels``.
+    def build_training_inputs(self, samples: dict, prompt: str | None = None) -> dict:
+        """The LLM inputs of one training batch: ``inputs_embeds``, ``attention_mask``, ``labels``;
+        the prompt is drawn from the training prompts unless given (validation: no random draw).
 
         Layout per sample: [BOS | prompt before image | image tokens | prompt after | caption + end_sym
         | right padding]; labels are -100 everywhere but the caption tokens (pad = EOS is masked too).
         """
         img_embeds, atts_img = self.encode_img(samples["image"])
-        if self.prompt_list:
-            img_embeds, atts_img = self.prompt_wrap(img_embeds, atts_img, random.choice(self.prompt_list))
+        if prompt is None and self.prompt_list:
+            prompt = random.choice(self.prompt_list)
+        if prompt:
+            img_embeds, atts_img = self.prompt_wrap(img_embeds, atts_img, prompt)
 
         tok = self.llama_tokenizer
         texts = [t + self.end_sym for t in samples["text_input"]]
@@ -291,25 +311,39 @@ class MiniGPT4(nn.Module):
 
     def forward(self, samples: dict) -> dict:
         inputs = self.build_training_inputs(samples)
+        if self.config.loss == "pc":  # the HIC paper's position-conditioned loss (models/losses.py)
+            labels = inputs.pop("labels")
+            with self.maybe_autocast():
+                logits = self.llama_model(**inputs, return_dict=True).logits
+            return {"loss": pc_loss(logits, labels, self.config.pc_threshold, self.config.pc_scale)}
         with self.maybe_autocast():
             outputs = self.llama_model(**inputs, return_dict=True)
         return {"loss": outputs.loss}
 
     # -- construction from a config -----------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg, device="cpu") -> "MiniGPT4":
+    def from_config(cls, cfg, device="cpu", fresh_adapters: bool = False) -> "MiniGPT4":
         """Build from a ``model`` config node (or a :class:`MiniGPT4Config`) on ``device``, then load
-        ``model.ckpt`` when set."""
+        ``model.ckpt`` when set (``fresh_adapters``: it may lack the LoRA adapters, for training) and
+        merge the adapters with ``model.merge_lora``."""
         config = cfg if isinstance(cfg, MiniGPT4Config) else MiniGPT4Config.from_node(cfg)
         model = cls(config, device=device)
         if config.ckpt:
-            model.load_checkpoint(config.ckpt)
+            model.load_checkpoint(config.ckpt, fresh_adapters=fresh_adapters)
+        if config.merge_lora:
+            merge_lora(model)
         return model
 
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """Whether DDP must look for trainable parameters without a gradient (unfrozen ViT or Q-Former parts)."""
+        return not (self.config.freeze_vit and self.config.freeze_qformer)
+
     def trainable_state_dict(self) -> dict:
-        """The tensors a checkpoint holds: every parameter that requires grad, in the original key layout."""
-        return {
+        """The tensors a checkpoint holds: every parameter that requires grad, in the original key layout
+        (LoRA adapters under peft's names)."""
+        return to_checkpoint_names(self, {
             qformer_key_to_original(name): p.detach()
             for name, p in self.named_parameters()
             if p.requires_grad
-        }
+        })

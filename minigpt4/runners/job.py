@@ -99,6 +99,23 @@ def copy_checkpoint(source: Path, target: Path) -> None:
         shutil.copyfile(source, tmp)
 
 
+def prune_checkpoints(job_dir: Path, keep: int | None, last_epoch: int) -> list[Path]:
+    """With ``run.keep_checkpoints: N``, remove the ``checkpoint_<epoch>.pth`` of epochs before the last
+    N (up to ``last_epoch``) and their mid-epoch ``checkpoint_<epoch>_iter<n>.pth``; ``checkpoint_best.pth``
+    stays. Returns what was removed."""
+    if keep is None:
+        return []
+    removed = []
+    for path in sorted(Path(job_dir).glob("checkpoint_*.pth")):
+        epoch = path.stem[len("checkpoint_"):].split("_iter")[0]
+        if epoch.isdigit() and int(epoch) <= last_epoch - keep:
+            path.unlink()
+            removed.append(path)
+    if removed:
+        logger.info("run.keep_checkpoints=%d: removed %s.", keep, ", ".join(p.name for p in removed))
+    return removed
+
+
 def _not_a_resume_point(path: Path, why: str) -> CheckpointError:
     return CheckpointError(
         f"{RESUME_KEY} {str(path)!r} {why}: it is not a resume point. To start a new run from its weights, "

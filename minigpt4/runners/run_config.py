@@ -10,6 +10,7 @@ reads are accepted with one warning naming them; the shipped configs do not set 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import math
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ IGNORED_RUN_KEYS = (
 LAUNCHER_RUN_KEYS = ("distributed", "world_size", "rank", "gpu", "dist_backend")
 # Run keys that do not change what is trained: a resumed run may change them without a warning.
 BOOKKEEPING_KEYS = ("resume_ckpt_path", "output_dir", "log_freq", "num_workers", "save_every_iters", "evaluate",
-                    "dist_url")
+                    "dist_url", "valid_splits", "batch_size_eval", "sample_captions", "keep_checkpoints",
+                    "tensorboard", "llm_grad_checkpoint")
 DEFAULT_ITERS_PER_EPOCH = 10000  # the original's fallback: its loader has no len()
 
 
@@ -79,6 +81,12 @@ class RunConfig:
     device: str = "cuda"
     dist_url: str = "env://"
     save_every_iters: int = _range(0, low=0)  # new: mid-epoch checkpoints (0: none)
+    # new, all off by default (docs/TRAINING.md): what each epoch shows, and a faster or smaller step
+    sample_captions: int = _range(0, low=0)  # greedy captions of K fixed validation images after each epoch
+    keep_checkpoints: Optional[int] = _range(None, low=1)  # keep the last N checkpoint_<epoch>.pth (None: all)
+    tensorboard: bool = False  # <job>/tb/ event files (rank 0)
+    fused_adamw: bool = False  # torch's fused AdamW kernel where the device has one
+    llm_grad_checkpoint: bool = False  # activation checkpointing of the LLM: less memory, a slower step
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -115,6 +123,12 @@ def _check_names(run: RunConfig, origin) -> None:
     if "train" not in run.train_splits:
         raise ConfigError(f"run.train_splits (set in {origin('run.train_splits')}) must contain 'train' to train; "
                           f"got {run.train_splits}.")
+    if run.sample_captions and not run.valid_splits:
+        raise ConfigError(f"run.sample_captions (set in {origin('run.sample_captions')}) captions validation images: "
+                          "set run.valid_splits too (e.g. [val], with the oxford_hic dataset).")
+    if run.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(f"run.tensorboard (set in {origin('run.tensorboard')}) needs the tensorboard package: "
+                          "pip install -e '.[tensorboard]' (or pip install tensorboard), or set run.tensorboard=False.")
     if run.lr_sched == "linear_warmup_step_lr" and run.lr_decay_rate is None:
         raise ConfigError(f"run.lr_sched linear_warmup_step_lr needs run.lr_decay_rate (e.g. 0.9); it is not set "
                           f"in {origin('run.lr_sched')}.")
@@ -148,6 +162,17 @@ def build_run_config(cfg) -> RunConfig:
                        "at the end of an epoch carry over (as the original) and are not in its checkpoint.",
                        run.iters_per_epoch, run.accum_grad_iters)
     return run
+
+
+def check_valid_splits(run: RunConfig, datasets: dict, origin) -> None:
+    """Every split of ``run.valid_splits`` must be one that a dataset (``{name: {split: dataset}}``) has."""
+    for split in run.valid_splits:
+        if not any(split in parts for parts in datasets.values()):
+            have = "; ".join(f"{name} has {', '.join(sorted(parts))}" for name, parts in datasets.items())
+            raise ConfigError(
+                f"run.valid_splits (set in {origin('run.valid_splits')}) names {split!r}, which no dataset has: {have}. "
+                "The HIC val split comes with the oxford_hic dataset over a prepared folder that holds val.json "
+                "(see docs/TRAINING.md); or set run.valid_splits=[] to skip validation.")
 
 
 def _same(old, new) -> bool:

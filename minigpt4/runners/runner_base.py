@@ -27,9 +27,10 @@ from minigpt4.common.logger import MetricLogger, SmoothedValue, setup_logger
 from minigpt4.common.optims import build_optimizer
 from minigpt4.common.registry import registry
 from minigpt4.datasets.datasets.dataloader_utils import build_train_loader
-from minigpt4.runners import job
+from minigpt4.inference.loading import model_info
+from minigpt4.runners import job, samples
 from minigpt4.runners.metrics import RunLog
-from minigpt4.runners.run_config import RunConfig, build_run_config, changed_run_keys
+from minigpt4.runners.run_config import RunConfig, build_run_config, changed_run_keys, check_valid_splits
 from minigpt4.tasks import setup_task
 
 logger = logging.getLogger(__name__)
@@ -87,13 +88,19 @@ class RunnerBase:
         self.device = resolve_device(run.device)
         self.unwrapped_model = model.place(self.device) if hasattr(model, "place") else model.to(self.device)
         self.model = self.unwrapped_model
+        if run.llm_grad_checkpoint:
+            self.enable_llm_grad_checkpoint()
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.unwrapped_model, device_ids=ids)
+            # llama_proj and LoRA adapters all get a gradient every step: DDP need not look for unused ones
+            unused = bool(getattr(self.unwrapped_model, "ddp_find_unused_parameters", False))
+            self.model = DistributedDataParallel(self.unwrapped_model, device_ids=ids, find_unused_parameters=unused)
 
-        self.optimizer = build_optimizer(self.model, run.init_lr, run.weight_decay, run.beta2)
+        self.optimizer = build_optimizer(self.model, run.init_lr, run.weight_decay, run.beta2, fused=run.fused_adamw)
         self.amp_dtype, self.scaler = self.precision_policy()
         self.datasets = datasets  # the validation splits are read from here after each epoch
+        check_valid_splits(run, datasets, cfg.origin)
+        self.sample_count = samples.check_samples(run, self.unwrapped_model, datasets, cfg.origin)
         self.best = None  # {"metric", "value", "epoch"} of checkpoint_best.pth (task.best_metric)
         self.train_loader = build_train_loader(
             datasets, run.batch_size_train, run.num_workers, run.seed, self.rank, self.world_size,
@@ -111,6 +118,14 @@ class RunnerBase:
         )
         self.start_epoch, self.start_iter = 0, 0
         self.log: RunLog | None = None
+
+    def enable_llm_grad_checkpoint(self) -> None:
+        """``run.llm_grad_checkpoint``: recompute the LLM's activations in the backward (non-reentrant)."""
+        llm = getattr(self.unwrapped_model, "llama_model", None)
+        if llm is None:
+            raise ConfigError("run.llm_grad_checkpoint: this model has no language model to checkpoint; remove the key.")
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        logger.info("Activation checkpointing of the language model is on (run.llm_grad_checkpoint).")
 
     def precision_policy(self):
         """fp16 autocast + GradScaler on CUDA when ``run.amp``; bf16 autocast (no scaler) with
@@ -142,6 +157,7 @@ class RunnerBase:
             logger.info("Start training")
             stats = self.train_epoch(epoch, self.start_iter if epoch == self.start_epoch else 0)
             self.end_epoch(epoch, stats)
+        self.log.close()
         logger.info("Training time %s", datetime.timedelta(seconds=int(time.time() - start)))
         return self.output_dir
 
@@ -153,7 +169,7 @@ class RunnerBase:
             self.output_dir = Path(self.run.output_dir) / self.job_id
             self.output_dir.mkdir(parents=True, exist_ok=True)
         global_batch = self.run.batch_size_train * self.world_size
-        self.log = RunLog(self.output_dir, self.job_id, global_batch, self.iters_per_epoch)
+        self.log = RunLog(self.output_dir, self.job_id, global_batch, self.iters_per_epoch, self.run.tensorboard)
         self.log.config(self.config.to_dict())
 
     def train_epoch(self, epoch: int, first_iter: int = 0) -> dict:
@@ -172,7 +188,11 @@ class RunnerBase:
             loss, extra = (loss["loss"], loss.get("log", {})) if isinstance(loss, dict) else (loss, {})
             # as the original, the loss is not divided by accum_grad_iters
             (self.scaler.scale(loss) if self.scaler else loss).backward()
+            logged = i % self.run.log_freq == 0 or i == n - 1
+            grad_norm = None
             if (i + 1) % accum == 0:
+                if logged and self.run.tensorboard:
+                    grad_norm = self.grad_norm()
                 if self.scaler:
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
@@ -183,18 +203,25 @@ class RunnerBase:
             loss_value, *extra_values = torch.stack([loss.detach().float(), *extra.values()]).tolist()  # one sync
             extra = dict(zip(extra, extra_values))
             metric_logger.update(loss=loss_value, lr=lr, **extra)
-            if i % self.run.log_freq == 0 or i == n - 1:
-                self.log.step(epoch, i, loss_value, lr, extra)
+            if logged:
+                self.log.step(epoch, i, loss_value, lr, extra, grad_norm)
             if self.is_mid_epoch_save_point(i):
                 self.save_checkpoint(epoch, iters_done=i + 1)
         metric_logger.synchronize_between_processes()
         logger.info("Averaged stats: %s", metric_logger.global_avg())
         return {name: meter.global_avg for name, meter in metric_logger.meters.items()}
 
+    def grad_norm(self) -> float:
+        """The L2 norm of the trainable parameters' gradients (unscaled), over all of them."""
+        norms = [p.grad.detach().float().norm() for p in self.unwrapped_model.parameters() if p.grad is not None]
+        scale = self.scaler.get_scale() if self.scaler else 1.0
+        return float(torch.stack(norms).norm()) / scale if norms else 0.0
+
     def end_epoch(self, epoch: int, stats: dict) -> None:
         """After each epoch: the task's validation numbers (``run.valid_splits``), its line in
         ``log.txt``, its checkpoint, ``checkpoint_best.pth`` when the task's ``best_metric`` improved,
-        the redrawn plot."""
+        the sample captions (``run.sample_captions``), older checkpoints removed
+        (``run.keep_checkpoints``), the redrawn plot."""
         validation = {}
         if self.run.valid_splits:
             validation = self.task.validate(self.unwrapped_model, self.datasets, self.run.valid_splits,
@@ -205,8 +232,23 @@ class RunnerBase:
         if improved and dist_utils.is_main_process():
             path = job.checkpoint_path(self.output_dir, epoch)
             job.copy_checkpoint(path, job.checkpoint_path(self.output_dir, "best"))
+        if self.run.sample_captions and dist_utils.is_main_process():
+            self.write_sample_captions(epoch)
+        if dist_utils.is_main_process():
+            job.prune_checkpoints(self.output_dir, self.run.keep_checkpoints, epoch)
         self.log.plot()
         dist_utils.barrier()
+
+    def write_sample_captions(self, epoch: int) -> None:
+        """Greedy captions of the first ``run.sample_captions`` validation images, from this epoch's weights."""
+        dataset = samples.sample_dataset(self.datasets, self.run.valid_splits)
+        info = {**model_info(self.config, self.device), "ckpt": str(job.checkpoint_path(self.output_dir, epoch)),
+                "epoch": epoch}
+        records = samples.caption_samples(self.unwrapped_model, dataset, self.sample_count,
+                                          self.run.batch_size_eval or self.run.batch_size_train, info)
+        path = samples.write_samples(self.output_dir, epoch, records)
+        self.log.samples(epoch, records)
+        logger.info("Sample captions of epoch %d: %s", epoch, path)
 
     def update_best(self, epoch: int, validation: dict) -> bool:
         """Whether ``validation`` beats the best so far on the task's ``best_metric``."""

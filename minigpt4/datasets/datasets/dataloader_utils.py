@@ -141,12 +141,15 @@ def seed_worker(worker_id: int) -> None:
 
 
 def _loader(dataset, batch_size: int, num_workers: int, seed: int, rank: int, world_size: int, pin_memory: bool):
+    # JPEG decoding and the train transform run in the workers; they stay up across data passes
+    # (persistent: no respawn at every reshuffle). Batches land in pinned memory for the GPU copy.
     common = dict(
         batch_size=batch_size,
         num_workers=num_workers,
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(seed + rank),  # worker seeds, off the global RNG
         worker_init_fn=seed_worker,
+        persistent_workers=num_workers > 0,
     )
     if isinstance(dataset, IterableDataset):
         return StreamLoader(DataLoader(dataset, **common))
