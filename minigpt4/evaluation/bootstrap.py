@@ -21,6 +21,7 @@ from scipy.stats import norm
 
 LEVEL = 0.95
 _BLOCK = 1 << 22  # resample indices drawn per block
+_TOLERANCE = 1e-9  # a CI within rounding of 0 (e.g. BLEU-4 of 1e-17 either way) does not exclude it
 
 
 def resample_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
@@ -68,7 +69,7 @@ def paired_ci(a: Sequence[float], b: Sequence[float], resamples: int = 1000, see
     # one draw of images for both: the resampled mean of b minus that of a is the resampled mean of b - a
     low, high = _interval(resample_means(b - a, resamples, seed))
     return {"a": float(a.mean()), "b": float(b.mean()), "difference": float(b.mean() - a.mean()),
-            "ci95": [low, high], "significant": bool(low > 0 or high < 0), "num_images": int(len(a))}
+            "ci95": [low, high], "significant": bool(low > _TOLERANCE or high < -_TOLERANCE), "num_images": int(len(a))}
 
 
 def wilson_interval(successes: float, n: int, level: float = LEVEL) -> list[float] | None:

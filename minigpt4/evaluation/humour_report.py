@@ -20,7 +20,7 @@ from minigpt4.evaluation.report import CSS, _image_src, check_report_dir, write_
 from minigpt4.evaluation.suite import RunResult, clean
 
 esc = html.escape
-PER_CAPTION_FILE, PERCENTILE_PNG = "per_caption.jsonl", "percentile_hist.png"
+PER_CAPTION_FILE, HUMAN_FILE, PERCENTILE_PNG = "per_caption.jsonl", "human_captions.jsonl", "percentile_hist.png"
 EXTRA_CSS = """table.summary td,table.summary th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:right}
 table.summary td:first-child,table.summary th:first-child{text-align:left}tr.group td{background:#f6f6f6;
 font-weight:600;text-align:left}.sig{color:#0a6b2a;font-weight:600}.pct{font-family:monospace}
@@ -153,6 +153,10 @@ def gallery(run: RunResult, data_dir, out_dir: Path, limit: int, metrics: dict) 
             + "".join(cards) + f"</div><script>{_GALLERY_JS}</script>")
 
 
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
 def write_run_report(run: RunResult, out_dir, data_dir=None, sort_by: str = "CIDEr-D", ascending: bool = False,
                      gallery_size: int = 200, sources: dict | None = None) -> dict:
     """One captions file's report folder; with ``data_dir`` the humour files and sections too."""
@@ -163,7 +167,8 @@ def write_run_report(run: RunResult, out_dir, data_dir=None, sort_by: str = "CID
         rows = clean(run.rows)
         run.per_image = clean(run.per_image)
         percentiles = [r["percentile"] for r in rows if r.get("percentile") is not None]
-        blobs = {PER_CAPTION_FILE: "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")}
+        human = [{"image_id": i, "rank": n, **h} for i, caps in clean(run.human).items() for n, h in enumerate(caps, 1)]
+        blobs = {PER_CAPTION_FILE: _jsonl(rows), HUMAN_FILE: _jsonl(human)}
         if percentiles:
             blobs[PERCENTILE_PNG] = percentile_png(percentiles)
         for name, data in blobs.items():

@@ -1,7 +1,8 @@
 """Write an evaluation report folder: metrics.json, per_image.jsonl, length_hist.png, index.html.
 
 Every file is written whole or not at all. The page is a list of sections (functions of the
-metrics returning HTML); a caller adds its own with ``extra_sections`` (they come before the gallery).
+metrics returning HTML); a caller adds its own with ``extra_sections`` (after the length histogram, before
+the gallery). ``metrics["warnings"]`` are shown first.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def summary_section(metrics: dict) -> str:
         parts.append(f"<p>Model: <code>{esc(str(model.get('model_type', '')))}</code> · checkpoint "
                      f"<code>{esc(str(model.get('ckpt', '')))}</code></p>")
     parts.append(f"<p>{metrics['num_captions']} captions of {metrics['num_images']} images.</p>")
+    parts.append("<h2>Reference overlap (not a humour measure)</h2>")
     parts.append("<table class='metrics'><tr>" + "".join(f"<th>{m}</th>" for m in METRIC_NAMES) + "</tr><tr>"
                  + "".join(f"<td>{_fmt(metrics['metrics'][m])}</td>" for m in METRIC_NAMES) + "</tr></table>")
     div, lengths = metrics["diversity"], metrics["length"]
@@ -80,6 +82,12 @@ def summary_section(metrics: dict) -> str:
         f"Length: mean {_fmt(lengths['generated'].get('mean'))} words (human "
         f"{_fmt(lengths['references'].get('mean'))}).</p>")
     return "\n".join(parts)
+
+
+def warnings_section(metrics: dict) -> str:
+    """What must be read before any number (e.g. captions reranked by the scorer that evaluates them)."""
+    warnings = metrics.get("warnings") or []
+    return "".join(f"<p class='warn'><b>Warning:</b> {esc(w)}</p>" for w in warnings)
 
 
 def notes_section(metrics: dict) -> str:
@@ -107,6 +115,8 @@ def histogram_section(metrics: dict) -> str:
 
 
 def gallery_section(rows: list[dict], out_dir: Path, sort_by: str, ascending: bool, top_references: int) -> str:
+    if not rows:
+        return ""
     order = "lowest" if ascending else "highest"
     parts = [f"<h2>Gallery ({len(rows)} captions, {order} {esc(sort_by)} first)</h2>"]
     for row in rows:
@@ -164,7 +174,7 @@ def write_report(result: EvaluationResult, out_dir, sort_by: str = "CIDEr-D", as
     atomic_write_bytes(paths["histogram"], histogram_png([row["length"] for row in result.per_caption], ref_lengths))
 
     rows = sorted(result.per_caption, key=lambda r: r[sort_by], reverse=not ascending)[:gallery_size]
-    sections = [summary_section, notes_section, *extra_sections, histogram_section]
+    sections = [warnings_section, summary_section, notes_section, histogram_section, *extra_sections]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Caption evaluation</title>"
              f"<style>{CSS}</style></head><body><h1>Caption evaluation</h1>"]
     parts += [section(metrics) for section in sections]

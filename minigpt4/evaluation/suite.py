@@ -33,7 +33,8 @@ OVERLAP_KEYS = ("BLEU-4", "ROUGE-L", "CIDEr-D")
 @dataclass
 class RunResult:
     """One captions file, evaluated: ``result`` is the report's (metrics, per-image overlap rows);
-    ``rows`` the ``per_caption.jsonl`` lines; ``per_image`` every per-image metric (for pairing)."""
+    ``rows`` the ``per_caption.jsonl`` lines; ``per_image`` every per-image metric (for pairing);
+    ``human`` the scored human captions of its test images (``human_captions.jsonl``)."""
 
     label: str
     source: str
@@ -86,6 +87,13 @@ def _per_image_overlap(result: EvaluationResult) -> dict[str, dict]:
 def evaluate_run(label: str, source: str, captions: CaptionSet, references: dict, split: TestSplit | None,
                  evaluator: HumourEvaluator | None, copy_index: CopyIndex | None, resamples: int, seed: int,
                  self_bleu_sample: int = 500, strict: bool = False) -> RunResult:
+    if split is not None:
+        test, outside = split.restrict(captions.candidates)
+        if not test:
+            shown = ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else "")
+            raise EvaluationError(f"None of the images captioned in {source} is a test image of {split.folder} with a "
+                                  f"file (captioned: {shown}); caption the test split (its images are listed in "
+                                  f"{split.folder / 'test.json'}).")
     result = evaluate(captions.candidates, references, captions.errors, self_bleu_sample=self_bleu_sample,
                       strict=strict)
     metrics = result.metrics
@@ -96,12 +104,6 @@ def evaluate_run(label: str, source: str, captions: CaptionSet, references: dict
     run = RunResult(label, source, result, per_image=_per_image_overlap(result))
     if split is None:
         return run
-    test, outside = split.restrict(captions.candidates)
-    if not test:
-        shown = ", ".join(outside[:5]) + (" ..." if len(outside) > 5 else "")
-        raise EvaluationError(f"None of the images captioned in {source} is a test image of {split.folder} with a "
-                              f"file (captioned: {shown}); caption the test split (its images are listed in "
-                              f"{split.folder / 'test.json'}).")
     metrics["inputs"]["data_dir"] = {"path": str(split.folder), **split.sha256}
     metrics["test_split"] = {"captioned_test_images": len({c.image_id for c in test}),
                              "test_images": len(split.images) + len(split.without_file),
@@ -120,8 +122,10 @@ def evaluate_run(label: str, source: str, captions: CaptionSet, references: dict
         if warning:
             metrics["warnings"].insert(0, warning)
             logger.warning(warning)
-        run.human = {i: [{"caption": h.caption, "funny_score": h.funny_score, "humour_score": h.score}
-                         for h in evaluator.human[i]["captions"]] for i in per_image}
+        run.human = {i: [{"caption": h.caption, "funny_score": h.funny_score, "humour_score": h.score,
+                          "similarity": sim, "closer_to_own_image": closer}
+                         for h, sim, closer in zip(evaluator.human[i]["captions"], evaluator.human[i]["similarity"],
+                                                   evaluator.human[i]["closer"])] for i in per_image}
     else:
         per_image = {}
         rows = [{"image_id": c.image_id, "caption_index": c.caption_index, "prompt": c.prompt, "caption": c.caption}
