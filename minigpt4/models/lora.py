@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 
 from torch import nn
 
@@ -58,7 +59,9 @@ def apply_lora(llm: nn.Module, settings, quantized: bool = False) -> nn.Module:
         llm = peft.prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
     config = peft.LoraConfig(r=int(settings.r), lora_alpha=settings.alpha, lora_dropout=float(settings.dropout),
                              target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM")
-    model = peft.get_peft_model(llm, config)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = peft.get_peft_model(llm, config)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("LoRA on %s: r %d, alpha %s, dropout %s; %d adapter parameters.", ", ".join(settings.target_modules),
                 settings.r, settings.alpha, settings.dropout, trainable)

@@ -53,6 +53,13 @@ def position_weights(targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 
 def pc_loss(logits: torch.Tensor, labels: torch.Tensor, threshold: float = 0.9, scale: float = 100.0) -> torch.Tensor:
     """The position-conditioned loss of (B, T, V) ``logits`` against (B, T) ``labels`` (-100: ignored)."""
+    bce, ce = pc_loss_parts(logits, labels, threshold, scale)
+    return bce + ce
+
+
+def pc_loss_parts(logits: torch.Tensor, labels: torch.Tensor, threshold: float = 0.9,
+                  scale: float = 100.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weighted sigmoid BCE of the early positions x scale, cross-entropy of the later ones)``."""
     z, y = shift(logits, labels)
     w, supervised = position_weights(y)
     early = supervised & (w < threshold)
@@ -66,4 +73,4 @@ def pc_loss(logits: torch.Tensor, labels: torch.Tensor, threshold: float = 0.9, 
         neg = neg_all.sum(dim=1) - neg_all.gather(1, ye[:, None])[:, 0]  # over the non-target tokens
         bce = -(pos + we * neg).sum() / (ze.shape[0] * ze.shape[1]) * scale
     ce = F.cross_entropy(z[late], y[late]) if late.any() else zero
-    return bce + ce
+    return bce, ce
