@@ -124,7 +124,10 @@ class RunnerBase:
         llm = getattr(self.unwrapped_model, "llama_model", None)
         if llm is None:
             raise ConfigError("run.llm_grad_checkpoint: this model has no language model to checkpoint; remove the key.")
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(llm, "activation_checkpointing_enable"):  # its name in newer transformers
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         logger.info("Activation checkpointing of the language model is on (run.llm_grad_checkpoint).")
 
     def precision_policy(self):
