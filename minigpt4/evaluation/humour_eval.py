@@ -1,7 +1,7 @@
 """The humour, grounding and originality blocks of ``evaluate.py --data-dir PREPARED [--scorer-cfg CFG]``.
 
 :class:`TestSplit` is what the prepared HIC folder gives (its TEST images with their human captions,
-and every TRAINING caption for the copy rate); :class:`HumourEvaluator` scores, with one humour
+and its TRAINING captions, ``filter_cap.json``, what a stage-2 finetune learns from, for the copy rate); :class:`HumourEvaluator` scores, with one humour
 scorer, the generated captions of the test images and those images' human captions (once, shared by
 every captions file of a paired comparison); :func:`originality_block` needs no scorer.
 
@@ -20,14 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minigpt4.common.errors import DatasetError, EvaluationError
-from minigpt4.datasets.hic_format import (
-    SELECTED_FILE,
-    SPLIT_FILES,
-    image_path,
-    image_splits,
-    read_selected,
-    read_split,
-)
+from minigpt4.datasets.hic_format import SPLIT_FILES, image_path, read_split
 from minigpt4.datasets.hic_pairs import PairOptions
 from minigpt4.evaluation.bootstrap import mean_ci
 from minigpt4.evaluation.captions import Candidate
@@ -44,7 +37,7 @@ class TestSplit:
     folder: Path
     images: dict[str, list]  # test image id -> human captions (ScoredCaption, best first), with a file
     without_file: list[str]  # test images whose file under image/ is missing
-    train_captions: list[str]
+    train_captions: list[str]  # filter_cap.json: the captions a stage-2 finetune trains on
     sha256: dict = field(default_factory=dict)
 
     @classmethod
@@ -66,10 +59,8 @@ class TestSplit:
         if not images:
             raise DatasetError(f"{folder / SPLIT_FILES['test']} has no test image with human captions and a file "
                                f"under {folder / 'image'}: nothing to compare with (run dataset/prepare_hic.py).")
-        splits = image_splits(folder)
-        train = [c.caption for image in read_selected(folder) if splits.get(image.image_id) == "train"
-                 for c in image.captions]
-        sha = {name: file_sha256(folder / name) for name in (SELECTED_FILE, SPLIT_FILES["test"])}
+        train = [c.caption for image in read_split(folder, "train") for c in image.captions]
+        sha = {name: file_sha256(folder / name) for name in (SPLIT_FILES["train"], SPLIT_FILES["test"])}
         return cls(folder, images, without_file, train, sha)
 
     def restrict(self, candidates: list[Candidate]) -> tuple[list[Candidate], list[str]]:
