@@ -192,6 +192,7 @@ def test_freezing_and_one_step_trains_exactly_the_trainable_set(tiny_dir):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in model.named_parameters() if n.startswith(("head.", "backbone.Qformer.encoder.layer.1."))}
     assert not model.caches_embeddings  # a trainable layer: nothing can be cached
+    assert not model.backbone.Qformer.encoder.layer[0].training  # frozen parts are in eval mode from the start
     model.train()
     assert model.head.training and model.backbone.Qformer.encoder.layer[1].training
     assert not model.backbone.visual_encoder.training and not model.backbone.Qformer.encoder.layer[0].training
@@ -209,13 +210,16 @@ def test_freezing_and_one_step_trains_exactly_the_trainable_set(tiny_dir):
 
 
 def test_cached_embeddings_give_the_uncached_scores(tiny_dir):
-    model = build("model.head_hidden=16", "model.train_qformer_layers=0").eval()
+    model = build("model.head_hidden=16", "model.train_qformer_layers=0", "model.head_dropout=0")
     with torch.no_grad():
         randomize(model.head)
     assert model.caches_embeddings
     pixels, ids = images(3), ["x", "y", "z"]
+    torch.manual_seed(123)  # the cache is filled in training mode: no dropout may reach it
+    model.train()
     with torch.no_grad():
         first = model.score(pixels, CAPTIONS, image_ids=ids)  # computes and caches
+        model.eval()
         assert set(model.cache.images) == set(ids) and set(model.cache.texts) == set(CAPTIONS)
         cached = model.score(None, CAPTIONS, image_ids=ids)  # no image needed any more
         model.caches_embeddings = False

@@ -27,6 +27,7 @@ from minigpt4.evaluation.captions import (
     load_references,
 )
 from minigpt4.evaluation.report import check_report_dir, write_report
+from minigpt4.humour import card as scorer_card
 
 logger = logging.getLogger("evaluate")
 
@@ -43,6 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="captions sampled for self-BLEU (0: not computed)")
     p.add_argument("--strict", action="store_true",
                    help="fail if a captioned image has no reference, a caption line repeats, or the last line is torn")
+    p.add_argument("--scorer-card", action="store_true",
+                   help="instead, write a humour scorer's card on the HIC test split: evaluate.py --scorer-card "
+                        "--scorer-cfg CFG [--options ...] --data-dir PREPARED --out REPORT/ (docs/HUMOUR.md)")
     add_debug_flag(p)
     args = p.parse_args(argv)
     for flag, value in (("--gallery-size", args.gallery_size), ("--self-bleu-sample", args.self_bleu_sample)):
@@ -84,6 +88,8 @@ def log_summary(result: EvaluationResult, html_path) -> None:
 
 def main(argv=None) -> int:
     """Evaluate and write the report; user errors raise (``cli`` prints them as one ``error:`` line)."""
+    if "--scorer-card" in (sys.argv[1:] if argv is None else argv):
+        return scorer_card.main(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_report_dir(args.out)

@@ -144,13 +144,13 @@ def build_card(scorer_cfg: str, data_dir: str, out: str, options=None, baseline_
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder.")
     pair_options = pair_options or PairOptions(max_pairs_per_image=0, mismatch_fraction=0.0)
-    scorer = HumourScorer.from_config(scorer_cfg, options, device)  # a config that does not load fails first
-    baseline = HumourScorer.from_config(baseline_cfg, baseline_options, device) if baseline_cfg else None
     counts = Counter()
-    images = images_by_split(data_dir, counts)["test"]
+    images = images_by_split(data_dir, counts)["test"]  # a bad folder fails before any model is loaded
     if not images:
         raise DatasetError(f"{data_dir} has no test image with a file under image/: nothing to evaluate "
                            "(run dataset/prepare_hic.py split, or check --data-dir).")
+    scorer = HumourScorer.from_config(scorer_cfg, options, device)
+    baseline = HumourScorer.from_config(baseline_cfg, baseline_options, device) if baseline_cfg else None
     images, skipped = readable_images(data_dir, images, pair_options)
     skipped["missing_images"] = counts["missing_images"]
     rows = plan_rows(images, pair_options, seed, shuffled=scorer.model.config.use_image)
@@ -206,7 +206,8 @@ def run_card(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minigpt4.humour.card", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="evaluate.py --scorer-card", description=__doc__.split("\n\n")[0])
+    p.add_argument("--scorer-card", action="store_true", help="(the evaluate.py switch to this mode; optional here)")
     add_card_arguments(p)
     p.add_argument("--out", required=True, help="report folder (scorer_card.json, scorer_card.html)")
     add_debug_flag(p)

@@ -125,14 +125,16 @@ class HICScorer(nn.Module):
         embed_dim = self.backbone.text_proj.out_features
         self.head = ScoreHead(config.head, config.use_image, embed_dim, config.qformer_config.hidden_size,
                               config.head_hidden, config.head_dropout)
-        self._frozen = self._apply_freezing()
+        self._trainable_layers = self._apply_freezing()
         self.cache = EmbeddingCache()
         self.caches_embeddings = config.cache_embeddings and config.head == "itc" and not self.backbone_trainable
         self.truncated_captions: set[str] = set()
+        self.train()  # a module starts in training mode: the frozen parts go to eval mode now (no dropout)
         self.to(device)
 
     # -- freezing -----------------------------------------------------------------------------------
     def _apply_freezing(self) -> list[nn.Module]:
+        """Freeze the backbone but the last ``train_qformer_layers`` Q-Former layers; returns those."""
         config = self.config
         if not config.freeze_backbone:
             return []
@@ -145,12 +147,10 @@ class HICScorer(nn.Module):
                 # the caption-only scorer never runs the image path: its parts stay frozen (and unused)
                 p.requires_grad_(config.use_image or not name.startswith(("crossattention.", "intermediate_query.",
                                                                           "output_query.")))
-        frozen = [m for name, m in self.backbone.named_children() if name != "Qformer"]
-        frozen += [self.backbone.Qformer.layernorm] + [layer for layer in layers if layer not in trainable]
         logger.info("hic_scorer: backbone frozen%s; trainable: %s", f" but the last {len(trainable)} Q-Former layer(s)"
                     if trainable else "", ", ".join(sorted({n.split(".")[0] for n, p in self.named_parameters()
                                                             if p.requires_grad})))
-        return frozen
+        return trainable
 
     @property
     def backbone_trainable(self) -> bool:
@@ -159,8 +159,10 @@ class HICScorer(nn.Module):
     def train(self, mode: bool = True) -> "HICScorer":
         """As ``nn.Module.train``, but frozen parts stay in eval mode (no dropout there)."""
         super().train(mode)
-        for module in self._frozen:
-            module.eval()
+        if self.config.freeze_backbone:
+            self.backbone.eval()
+            for layer in self._trainable_layers:
+                layer.train(mode)
         return self
 
     @property

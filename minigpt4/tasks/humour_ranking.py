@@ -48,8 +48,11 @@ class HumourRankingTask(BaseTask):
 
     @staticmethod
     def fill_embedding_cache(model, datasets: dict, batch_size: int = 32) -> None:
-        """Every image of every split into the model's cache; the datasets stop reading images.
-        An unreadable image is left out with its pairs (and counted)."""
+        """Every image and caption of every split into the model's cache, in the datasets' order (so
+        an embedding does not depend on which batch first met it, and a resumed run sees the same
+        numbers); the datasets stop reading images. An unreadable image is left out with its pairs."""
+        was_training = model.training
+        model.eval()
         for name, splits in datasets.items():
             for split, dataset in splits.items():
                 ids = [i for i in dataset.image_ids() if i not in model.cache.images]
@@ -67,9 +70,13 @@ class HumourRankingTask(BaseTask):
                         model.image_feats(torch.stack(pixels), good)
                 if bad:
                     dataset.pairs = [p for p in dataset.pairs if p.image_id not in bad]
+                captions = [c for c in dataset.captions() if c not in model.cache.texts]
+                for start in range(0, len(captions), 8 * batch_size):
+                    model.text_feats(captions[start:start + 8 * batch_size])
                 dataset.load_images = False
-                logger.info("%s/%s: image embeddings of %d images cached (%d unreadable).", name, split,
-                            len(ids) - len(bad), len(bad))
+                logger.info("%s/%s: embeddings of %d images and %d captions cached (%d unreadable images).", name,
+                            split, len(ids) - len(bad), len(captions), len(bad))
+        model.train(was_training)
 
     def train_step(self, model, samples: dict) -> dict:
         scores = model(samples)
