@@ -36,6 +36,7 @@ from minigpt4.cli.errors import add_debug_flag, run_cli
 from minigpt4.common.config import parse_options
 from minigpt4.common.errors import ConfigError, DatasetError
 from minigpt4.constants import IMAGE_MESSAGE
+from minigpt4.humour.rerank import Reranker, add_rerank_arguments, check_rerank_args
 from minigpt4.inference.batch import BatchCaptioner, GenerationSettings, check_num_captions
 from minigpt4.inference.inputs import list_images, open_image, read_prompt_file, strip_image_message
 from minigpt4.inference.loading import build_for_inference, load_config, model_info, resolve_device
@@ -75,6 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="without torchrun (cluster job arrays): caption shard I of N (0-based) into a part file "
                         "beside --out; the run that finds all N parts done merges them into --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_rerank_arguments(p)  # best-of-N: --rerank-cfg, --rerank-options, --keep
     add_debug_flag(p)
     args = p.parse_args(argv)
     check_args(args)
@@ -92,6 +94,7 @@ def check_args(args) -> None:
         raise ConfigError("--all-prompts needs --prompt-file.")
     parse_options(args.options)  # a malformed --options item fails here, naming it
     parse_shard(args.shard)
+    check_rerank_args(args)
     check_num_captions(args.num_captions, generation_settings(args))
 
 
@@ -192,7 +195,9 @@ def caption_run(args, prompts: list[str], out: Path, shard: ShardRun) -> int:
     settings = generation_settings(args)
     run = RunSettings({**settings.as_dict(), "num_captions": args.num_captions, "seed": args.seed},
                       model_info(cfg, device), prompts)
-    done, dropped = shard.plan_resume({job.key: job.expected(args.num_captions) for job in jobs}, run,
+    reranker = Reranker.from_args(args, device)  # best-of-N; a scorer that does not load fails before any work
+    run.settings.update(reranker.settings())
+    done, dropped = shard.plan_resume({job.key: job.expected(reranker.kept(args.num_captions)) for job in jobs}, run,
                                 args.retry_errors, args.force_append)
     if dropped:
         logger.warning("%s: dropped %d line(s) of images whose captions were cut short (they are captioned "
@@ -213,6 +218,7 @@ def caption_run(args, prompts: list[str], out: Path, shard: ShardRun) -> int:
     with (CaptionWriter(shard.target) as writer,
           tqdm(total=len(todo), unit="img", disable=args.quiet, dynamic_ncols=True) as bar):
         for records in caption_jobs(captioner, todo, settings, args, run):
+            records = reranker(records)
             writer.write_image(records)  # one write: resume never sees half an image
             errors += records[0].is_error
             captions += sum(not r.is_error for r in records)

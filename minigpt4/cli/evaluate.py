@@ -8,6 +8,13 @@ the ``cc_sbu_align`` layout (``{"annotations": [{image_id, caption, funny_score}
 ``report/metrics.json`` (BLEU-1..4, ROUGE-L, CIDEr-D, diversity, lengths, unmatched ids),
 ``report/per_image.jsonl`` (one line per caption), ``report/length_hist.png`` and
 ``report/index.html`` (a gallery, sorted by ``--sort-by``).
+
+Humour (docs/HUMOUR.md): ``--data-dir PREPARED`` adds diversity and originality (the copy rate
+against its training captions) and ``--scorer-cfg CFG [--options ...]`` the humour numbers against
+each test image's own human captions and grounding, each with a bootstrap CI (``per_caption.jsonl``,
+``human_captions.jsonl``); several ``--captions`` files (``--labels``) add a paired comparison;
+``--human-study K`` / ``--human-results`` make and score a blinded human study; ``--scorer-card``
+writes a humour scorer's card.
 """
 
 from __future__ import annotations
@@ -15,18 +22,18 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from minigpt4.cli.errors import add_debug_flag, run_cli
-from minigpt4.common.errors import ConfigError, EvaluationError
-from minigpt4.evaluation.captions import (
-    METRIC_NAMES,
-    CaptionSet,
-    EvaluationResult,
-    evaluate,
-    load_captions,
-    load_references,
+from minigpt4.cli.evaluate_humour import (
+    add_humour_arguments,
+    check_humour_args,
+    run_evaluation,
+    run_human_results,
+    run_human_study,
 )
-from minigpt4.evaluation.report import check_report_dir, write_report
+from minigpt4.common.errors import ConfigError
+from minigpt4.evaluation.captions import METRIC_NAMES, EvaluationResult
 from minigpt4.humour import card as scorer_card
 
 logger = logging.getLogger("evaluate")
@@ -34,9 +41,9 @@ logger = logging.getLogger("evaluate")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--captions", required=True, help="caption.py output (JSON Lines)")
-    p.add_argument("--references", required=True, help="HIC test.json (or the cc_sbu_align layout)")
-    p.add_argument("--out", required=True, help="report folder")
+    p.add_argument("--captions", nargs="+", help="caption.py output (JSON Lines); several files: a paired comparison")
+    p.add_argument("--references", help="HIC test.json (or the cc_sbu_align layout); default: --data-dir's test.json")
+    p.add_argument("--out", help="report folder")
     p.add_argument("--sort-by", default="CIDEr-D", choices=[*METRIC_NAMES, "length"], help="gallery order")
     p.add_argument("--ascending", action="store_true", help="worst first")
     p.add_argument("--gallery-size", type=int, default=200, help="captions shown in the gallery (0: none)")
@@ -47,27 +54,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scorer-card", action="store_true",
                    help="instead, write a humour scorer's card on the HIC test split: evaluate.py --scorer-card "
                         "--scorer-cfg CFG [--options ...] --data-dir PREPARED --out REPORT/ (docs/HUMOUR.md)")
+    add_humour_arguments(p)
     add_debug_flag(p)
     args = p.parse_args(argv)
     for flag, value in (("--gallery-size", args.gallery_size), ("--self-bleu-sample", args.self_bleu_sample)):
         if value < 0:
             raise ConfigError(f"{flag} must be 0 or more; got {value}.")
+    check_humour_args(args)
     return args
-
-
-def load_inputs(args) -> tuple[CaptionSet, dict]:
-    references = load_references(args.references)
-    captions = load_captions(args.captions, strict=args.strict)
-    if not captions.candidates:
-        raise EvaluationError(f"{args.captions} holds only error lines ({len(captions.errors)} unreadable images).")
-    return captions, references
-
-
-def score(args, captions: CaptionSet, references: dict) -> EvaluationResult:
-    result = evaluate(captions.candidates, references, captions.errors, self_bleu_sample=args.self_bleu_sample,
-                      strict=args.strict)
-    result.metrics["captions_file"] = captions.file_notes()
-    return result
 
 
 def log_summary(result: EvaluationResult, html_path) -> None:
@@ -92,14 +86,14 @@ def main(argv=None) -> int:
         return scorer_card.main(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    check_report_dir(args.out)
-    captions, references = load_inputs(args)
-    result = score(args, captions, references)
-    # Further report blocks (scores of their own) add to result.metrics and pass extra_sections here.
-    paths = write_report(result, args.out, sort_by=args.sort_by, ascending=args.ascending,
-                         gallery_size=args.gallery_size,
-                         sources={"captions": args.captions, "references": args.references})
-    log_summary(result, paths["html"])
+    if args.human_results:
+        run_human_results(args)
+    elif args.human_study is not None:
+        run_human_study(args)
+    else:
+        runs = run_evaluation(args)
+        if len(runs) == 1:
+            log_summary(runs[0].result, Path(args.out) / "index.html")
     return 0
 
 
