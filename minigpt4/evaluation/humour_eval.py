@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,8 +175,10 @@ class HumourEvaluator:
         """The scorer card's headline on the human captions of these test images (pairwise accuracy)."""
         by_image = {i: [{"image_id": i, "caption_index": n, "caption": h.caption, "funny_score": h.funny_score,
                          "score": h.score} for n, h in enumerate(self.human[i]["captions"])] for i in sorted(image_ids)}
-        numbers = ranking_numbers(by_image, PairOptions(max_pairs_per_image=0, mismatch_fraction=0.0), resamples,
-                                  self.seed)
+        with warnings.catch_warnings():  # a margin bucket without pairs has no CI (NaN), which is said as null
+            warnings.simplefilter("ignore", RuntimeWarning)
+            numbers = ranking_numbers(by_image, PairOptions(max_pairs_per_image=0, mismatch_fraction=0.0), resamples,
+                                      self.seed)
         keys = ("pairwise_accuracy", "ci95", "num_pairs", "num_images", "top1_accuracy", "top1_accuracy_ci95")
         return {**{key: numbers[key] for key in keys},
                 "note": "on the human captions of the evaluated test images (evaluate.py --scorer-card for the card)"}
