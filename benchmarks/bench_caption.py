@@ -3,7 +3,7 @@
 one-image-at-a-time ``Chat`` loop (encode, ask, greedy answer), on the tiny and mid presets (CPU) and,
 when CUDA exists, the real-size architecture with random weights (fp16).
 
-    python benchmarks/bench_caption.py [--images 16] [--new-tokens 60 128] [--presets tiny mid]
+    python benchmarks/bench_caption.py [--images 16] [--new-tokens 60 128] [--presets tiny mid] [--best-of 4 8]
 
 Every caption is exactly ``--new-tokens`` long (no stop sequence, ``min_length`` = max), so both
 ways do the same work; 60 is caption.py's default. Writes benchmarks/results/bench_caption.json and .md.
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from minigpt4.conversation.conversation import CONV_VISION, Chat
+from minigpt4.humour import HumourScorer
 from minigpt4.inference.batch import BatchCaptioner, GenerationSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,6 +35,7 @@ from bench_model import RESULTS, build_preset, build_real_size_random, write_res
 
 PROMPT = "Could you write a funny caption of this image for me?"
 NEVER = [[-1]]  # a stop sequence no generated id can match
+SCORER_EVAL = Path(__file__).resolve().parents[1] / "eval_configs" / "hic_scorer_tiny_eval.yaml"
 
 
 def sync(device: torch.device) -> None:
@@ -81,10 +83,45 @@ def measure(model, device: str, n_images: int, new_tokens: int, batch_sizes) -> 
     return row
 
 
+def best_of_n(model, scorer, device: str, n_images: int, new_tokens: int, ns, batch_size: int = 4) -> dict:
+    """Images/s of caption.py's best-of-N path: N sampled captions per image (batches of ``batch_size``
+    images), each image's N scored by the humour scorer (``--rerank-cfg``), as ``Reranker`` does."""
+    device = torch.device(device)
+    size = model.visual_encoder.patch_embed.img_size[0]
+    generator = torch.Generator().manual_seed(1)
+    images = [torch.randn(3, size, size, generator=generator).to(device) for _ in range(n_images)]
+    scorer_images = [torch.randn(3, 224, 224, generator=generator) for _ in range(n_images)]
+    captioner = BatchCaptioner(model, vis_processor=None, device=device, stop_words_ids=NEVER)
+    settings = GenerationSettings(max_new_tokens=new_tokens, min_length=new_tokens + 1, do_sample=True)
+    row = {}
+    for n in ns:
+        def run(count: int) -> float:
+            scoring = 0.0
+            for first in range(0, count, batch_size):
+                out = captioner.generate(images[first: min(first + batch_size, count)], PROMPT, settings, num_captions=n)
+                sync(device)
+                start = time.perf_counter()
+                for k, caps in enumerate(out):
+                    scorer.score(scorer_images[first + k], [c.text for c in caps])
+                sync(device)
+                scoring += time.perf_counter() - start
+            return scoring
+
+        run(min(2, n_images))  # warm-up
+        start = time.perf_counter()
+        scoring = run(n_images)
+        elapsed = time.perf_counter() - start
+        row[f"best_of_{n}_img_per_s"] = n_images / elapsed
+        row[f"best_of_{n}_rerank_share"] = scoring / elapsed
+    return row
+
+
 NOTES = ("Images/s include image encoding, context building and greedy generation of exactly `new_tokens` new "
          "tokens per image; speedup = batched rate / `Chat` loop rate. Batching speeds up decoding; image encoding "
          "and the prompt prefill cost the same per image either way, so the speedup grows with the number of new "
-         "tokens.")
+         "tokens. best_of_N: `caption.py --num-captions N --do-sample --rerank-cfg` (N sampled captions per image, batches "
+         "of 4 images, each image's N scored by the tiny humour scorer); rerank_share: the share of that time spent "
+         "scoring.")
 
 
 def main(argv=None) -> int:
@@ -93,21 +130,29 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, nargs="+", default=[60, 128])
     p.add_argument("--presets", nargs="+", default=["tiny", "mid"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 8])
+    p.add_argument("--best-of", nargs="+", type=int, default=[4, 8], help="best-of-N rows (0: none)")
     args = p.parse_args(argv)
     rows = []
+    best_of = [n for n in args.best_of if n > 0]
+    scorer = HumourScorer.from_config(SCORER_EVAL, device="cpu") if best_of else None
     for preset in args.presets:
         model = build_preset(preset, "cpu")
         for new_tokens in args.new_tokens:
             rows.append({"preset": preset, "device": "cpu", "dtype": "fp32", "new_tokens": new_tokens,
                          **measure(model, "cpu", args.images, new_tokens, args.batch_sizes)})
+            if best_of:
+                rows[-1].update(best_of_n(model, scorer, "cpu", min(args.images, 8), new_tokens, best_of))
             print(json.dumps(rows[-1]), flush=True)
         del model
     if torch.cuda.is_available():
+        scorer = HumourScorer.from_config(SCORER_EVAL, device="cuda:0") if best_of else None
         model = build_real_size_random("cuda:0")
         for new_tokens in args.new_tokens:
             rows.append({"preset": "real-size (random)", "device": torch.cuda.get_device_name(0), "dtype": "fp16",
                          "new_tokens": new_tokens,
                          **measure(model, "cuda:0", args.images, new_tokens, args.batch_sizes)})
+            if best_of:
+                rows[-1].update(best_of_n(model, scorer, "cuda:0", min(args.images, 8), new_tokens, best_of))
             print(json.dumps(rows[-1]), flush=True)
     meta = {"images": args.images, "torch": torch.__version__,
             "cpu_threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
