@@ -50,7 +50,7 @@ def check_quantization(bits: str | None, device=None) -> None:
     """A quantised LLM needs bitsandbytes on a CUDA GPU: a :class:`ConfigError` saying how to run instead."""
     if bits is None:
         return
-    key = "model.low_resource=True" if bits == "8bit" else f"model.quantization={bits}"
+    key = "model.low_resource=True (or model.quantization=8bit)" if bits == "8bit" else f"model.quantization={bits}"
     what = "8-bit" if bits == "8bit" else "NF4 4-bit (QLoRA / 4-bit inference)"
     on_cpu = device is not None and torch.device(device).type == "cpu"
     if on_cpu or not torch.cuda.is_available():
