@@ -36,7 +36,7 @@ class RunLog:
         if self.tb is None:
             return
         for name, value in values.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value is not None:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.tb.add_scalar(f"{prefix}/{name}", value, step)
         self.tb.flush()
 
@@ -72,7 +72,7 @@ class RunLog:
         """The sample captions of an epoch, as a Markdown table in TensorBoard's text tab."""
         if self.tb is None or not records:
             return
-        rows = "\n".join(f"| {r.image_id} | {r.caption.replace('|', '/')} |" for r in records)
+        rows = "\n".join(f"| {r.image_id} | {' '.join(r.caption.split()).replace('|', '/')} |" for r in records)
         self.tb.add_text("samples", f"epoch {epoch}\n\n| image | caption |\n|---|---|\n{rows}",
                          (epoch + 1) * self.iters_per_epoch - 1)
         self.tb.flush()

@@ -5,7 +5,9 @@ without loss scaling, optional AMP, DDP, a checkpoint per epoch.
 Additions over the original, each optional or invisible to its checkpoints: exact resume (data
 order and RNG states are saved under extra checkpoint keys), mid-epoch checkpoints
 (``run.save_every_iters``), ``metrics.jsonl`` and a loss/LR plot, atomic checkpoint writes, output
-under the working directory with unique job folders, made only once the run has started.
+under the working directory with unique job folders, made only once the run has started; and, off
+by default: validation and sample captions after each epoch (``samples``), TensorBoard, fewer kept
+checkpoints, fused AdamW, activation checkpointing of the LLM (docs/TRAINING.md, "Research options").
 
 The concerns live beside it: the typed run section (``run_config``), the job folder, seeds and
 checkpoint files (``job``), what rank 0 records (``metrics``), the loaders (``dataloader_utils``).
