@@ -86,9 +86,10 @@ def check_humour_args(args) -> None:
 def run_human_results(args) -> dict:
     results = score_answers(args.study, args.human_results)
     low, high = results["ci95"]
-    logger.info("Generated captions win %.3f [%.3f, %.3f] (ties half) of %d judgements by %d rater(s): %d wins, %d ties, "
-                "%d losses -> %s", results["win_rate"], low, high, results["num_judgements"], results["num_raters"],
-                results["wins"], results["ties"], results["losses"], Path(args.study) / "results.json")
+    logger.info("Generated captions win %.3f [%.3f, %.3f] (ties half) of %d judgements by %d rater(s): %d wins, "
+                "%d ties, %d losses -> %s", results["win_rate"], low, high, results["num_judgements"],
+                results["num_raters"], results["wins"], results["ties"], results["losses"],
+                Path(args.study) / "results.json")
     return results
 
 

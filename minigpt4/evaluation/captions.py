@@ -99,7 +99,8 @@ def load_captions(path, strict: bool = False) -> CaptionSet:
             image_id=record.image_id, caption=record.caption, image=record.image, prompt=record.prompt,
             caption_index=record.caption_index, line=line.number,
             extra={k: v for k, v in (("settings", record.settings), ("model", record.model), ("scorer", record.scorer),
-                                     ("chosen", record.chosen), ("humour_score", record.humour_score)) if v is not None}))
+                                     ("chosen", record.chosen), ("humour_score", record.humour_score))
+                   if v is not None}))
     if result.duplicates:
         (image_id, prompt, index), _ = next(iter(result.duplicates.items()))
         message = (f"{path} repeats {sum(result.duplicates.values())} caption line(s) (same image_id, prompt and "

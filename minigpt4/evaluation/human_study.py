@@ -123,7 +123,8 @@ def read_answers(path, key: dict) -> tuple[str, dict[str, str]]:
     outcomes = {}
     for item_id, choice in data["answers"].items():
         if choice not in CHOICES:
-            raise EvaluationError(f"{path}: the answer to {item_id} is {choice!r}; expected one of {', '.join(CHOICES)}.")
+            raise EvaluationError(f"{path}: the answer to {item_id} is {choice!r}; expected one of "
+                                  f"{', '.join(CHOICES)}.")
         outcomes[item_id] = "tie" if choice == "tie" else "win" if choice == sides[item_id] else "loss"
     rater = str(data.get("rater") or "").strip() or path.stem
     return rater, outcomes

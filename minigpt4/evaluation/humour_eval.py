@@ -1,9 +1,10 @@
 """The humour, grounding and originality blocks of ``evaluate.py --data-dir PREPARED [--scorer-cfg CFG]``.
 
 :class:`TestSplit` is what the prepared HIC folder gives (its TEST images with their human captions,
-and its TRAINING captions, ``filter_cap.json``, what a stage-2 finetune learns from, for the copy rate); :class:`HumourEvaluator` scores, with one humour
-scorer, the generated captions of the test images and those images' human captions (once, shared by
-every captions file of a paired comparison); :func:`originality_block` needs no scorer.
+and its TRAINING captions, ``filter_cap.json``, what a stage-2 finetune learns from, for the copy
+rate); :class:`HumourEvaluator` scores, with one humour scorer, the generated captions of the test
+images and those images' human captions (once, shared by every captions file of a paired
+comparison); :func:`originality_block` needs no scorer.
 
 Grounding uses the scorer's BLIP-2 ITC similarity: the mean image-caption similarity of the
 generated captions and, as the reference level, of the human captions; and the mismatch accuracy,

@@ -100,10 +100,12 @@ def humour_summary_section(metrics: dict) -> str:
                           top.get("share"))):
         rows.append(f"<tr><td>{esc(label)}</td><td>{_num(value)}</td><td>–</td><td>–</td></tr>")
     scorer = metrics.get("scorer") or {}
-    who = (f"<p>Scorer: <code>{esc(str(scorer.get('cfg')))}</code>, head checkpoint <code>{esc(str(scorer.get('ckpt')))}"
-           f"</code> (sha256 <code>{esc(str(scorer.get('ckpt_sha256')))}</code>).</p>") if scorer else ""
-    return (f"<style>{EXTRA_CSS}</style><h2>Humour, grounding, diversity</h2>{who}<table class='summary'><tr><th>metric (mean over images)</th>"
-            "<th>value</th><th>95% CI (bootstrap over images)</th><th>images</th></tr>" + "".join(rows) + "</table>")
+    who = (f"<p>Scorer: <code>{esc(str(scorer.get('cfg')))}</code>, head checkpoint "
+           f"<code>{esc(str(scorer.get('ckpt')))}</code> (sha256 <code>{esc(str(scorer.get('ckpt_sha256')))}</code>)."
+           "</p>") if scorer else ""
+    return (f"<style>{EXTRA_CSS}</style><h2>Humour, grounding, diversity</h2>{who}<table class='summary'><tr>"
+            "<th>metric (mean over images)</th><th>value</th><th>95% CI (bootstrap over images)</th><th>images</th>"
+            "</tr>" + "".join(rows) + "</table>")
 
 
 def percentile_png(percentiles: list[float]) -> bytes:
@@ -131,8 +133,9 @@ def gallery(run: RunResult, data_dir, out_dir: Path, limit: int, metrics: dict) 
         pct = stats.get("percentile")
         generated = "".join(
             f"<li>{esc(r['caption'])} <span class='score'>(#{r['caption_index']}"
-            + (f" · score {r['humour_score']:.3f} · percentile {r['percentile']:.2f}" if r.get("humour_score") is not None
-               else "") + (" · copies a training caption" if r.get("copy_near") else "") + ")</span></li>"
+            + (f" · score {r['humour_score']:.3f} · percentile {r['percentile']:.2f}"
+               if r.get("humour_score") is not None else "")
+            + (" · copies a training caption" if r.get("copy_near") else "") + ")</span></li>"
             for r in by_image[image_id])
         human = "".join(
             f"<li>{esc(h['caption'])} <span class='score'>(funny score {_num(h['funny_score'], 0)}"
@@ -148,7 +151,8 @@ def gallery(run: RunResult, data_dir, out_dir: Path, limit: int, metrics: dict) 
     controls = ("<div id='controls'>Sort <select id='sort'><option value='desc'>highest percentile first</option>"
                 "<option value='asc'>lowest percentile first</option><option value='id'>image id</option></select> "
                 "· percentile from <input id='pmin' type='number' min='0' max='1' step='0.05' value='0'> to "
-                "<input id='pmax' type='number' min='0' max='1' step='0.05' value='1'> · <span id='shown'></span></div>")
+                "<input id='pmax' type='number' min='0' max='1' step='0.05' value='1'> · <span id='shown'></span>"
+                "</div>")
     return (f"<h2>Gallery ({len(cards)} of {len(by_image)} test images)</h2>{controls}<div id='gallery'>"
             + "".join(cards) + f"</div><script>{_GALLERY_JS}</script>")
 

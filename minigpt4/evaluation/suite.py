@@ -61,7 +61,9 @@ def read_captions(path: str, strict: bool, with_data_dir: bool) -> CaptionSet:
 
 def _scorer_identity(info: dict) -> tuple:
     """What makes two scorers the same: the head checkpoint's sha256 (an untrained head: its config)."""
-    return (info.get("ckpt_sha256"),) if info.get("ckpt_sha256") else ("untrained", info.get("cfg"), info.get("model_type"))
+    if info.get("ckpt_sha256"):
+        return (info["ckpt_sha256"],)
+    return ("untrained", info.get("cfg"), info.get("model_type"))
 
 
 def self_evaluation_warning(captions: CaptionSet, scorer_info: dict) -> str | None:
