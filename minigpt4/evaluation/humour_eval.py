@@ -97,10 +97,10 @@ class HumourEvaluator:
         self.grounding = scorer.model.config.use_image
         self.human: dict[str, dict] = {}
         ids = sorted(split.images)
-        self.other = {}
-        for image_id in ids:
-            others = [i for i in ids if i != image_id]
-            self.other[image_id] = random.Random(f"{seed}:mismatch:{image_id}").choice(others) if others else None
+        self.other: dict[str, str | None] = {}
+        for position, image_id in enumerate(ids):  # a seeded choice among the other test images
+            k = random.Random(f"{seed}:mismatch:{image_id}").randrange(len(ids) - 1) if len(ids) > 1 else None
+            self.other[image_id] = None if k is None else ids[k if k < position else k + 1]
 
     def _path(self, image_id: str) -> Path:
         return image_path(self.split.folder, image_id)
