@@ -39,7 +39,8 @@ from minigpt4.constants import IMAGE_MESSAGE
 from minigpt4.humour.rerank import Reranker, add_rerank_arguments, check_rerank_args
 from minigpt4.inference.batch import BatchCaptioner, GenerationSettings, check_num_captions
 from minigpt4.inference.inputs import list_images, open_image, read_prompt_file, strip_image_message
-from minigpt4.inference.loading import build_for_inference, load_config, model_info, resolve_device
+from minigpt4.inference.loading import (add_speed_flags, build_for_inference, load_config, model_info, resolve_device,
+                                        speed_options)
 from minigpt4.inference.records import CaptionRecord, CaptionWriter, RunSettings, check_output_file, image_key
 from minigpt4.inference.shards import ShardRun, parse_shard
 
@@ -69,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=60)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", help="cpu or cuda:N (default: cuda:0 when CUDA is available, else cpu)")
+    add_speed_flags(p)  # --precision, --compile
     p.add_argument("--retry-errors", action="store_true", help="caption again the images with an error line in --out")
     p.add_argument("--force-append", action="store_true",
                    help="append to an --out made with other settings (its lines are kept and not counted as done)")
@@ -191,10 +193,11 @@ def caption_run(args, prompts: list[str], out: Path, shard: ShardRun) -> int:
     """Caption this process's share of the images (all of them without sharding) into ``shard.target``."""
     jobs = plan_jobs(args, prompts)
     device = resolve_device(args.device, gpu_id=shard.local_rank)
-    cfg = load_config(args.cfg_path, args.options, device)
+    cfg = load_config(args.cfg_path, speed_options(args.options, args.precision, args.compile), device)
     settings = generation_settings(args)
-    run = RunSettings({**settings.as_dict(), "num_captions": args.num_captions, "seed": args.seed},
-                      model_info(cfg, device), prompts)
+    info = model_info(cfg, device)
+    run = RunSettings({**settings.as_dict(), "num_captions": args.num_captions, "seed": args.seed,
+                       "precision": info["precision"]}, info, prompts)
     reranker = Reranker.from_args(args, device)  # best-of-N; a scorer that does not load fails before any work
     run.settings.update(reranker.settings())
     done, dropped = shard.plan_resume({job.key: job.expected(reranker.kept(args.num_captions)) for job in jobs}, run,
@@ -213,6 +216,9 @@ def caption_run(args, prompts: list[str], out: Path, shard: ShardRun) -> int:
     torch.manual_seed(args.seed)
     model, vis_processor, _ = build_for_inference(cfg, device)
     captioner = BatchCaptioner(model, vis_processor, device)
+    warm = captioner.warm_up(prompts[0], settings, min(args.batch_size, len(todo)), args.num_captions)
+    if warm:
+        logger.info("--compile: compiled the decode step in %.1f s (warm-up, not in the rate below).", warm)
     errors = captions = 0
     start = time.perf_counter()
     with (CaptionWriter(shard.target) as writer,

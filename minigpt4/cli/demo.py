@@ -33,7 +33,7 @@ from minigpt4.common.paths import PROJECT_ROOT
 from minigpt4.constants import IMAGE_MESSAGE
 from minigpt4.conversation.conversation import CONV_VISION, Chat
 from minigpt4.inference.inputs import open_image, read_prompt_file
-from minigpt4.inference.loading import load_for_inference, resolve_device
+from minigpt4.inference.loading import add_speed_flags, load_for_inference, resolve_device, speed_options
 
 logger = logging.getLogger("demo")
 
@@ -57,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override some settings in the used config, the key-value pair in xxx=yyy format will be "
                         "merged into config file.")
     p.add_argument("--device", help="cpu or cuda:N (default: cuda:<gpu-id> when CUDA is available, else cpu)")
+    add_speed_flags(p)  # --precision, --compile
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for the local network)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
@@ -234,7 +235,8 @@ def short_path(value):
 def model_markdown(info: dict) -> str:
     rows = [("Config", short_path(info.get("cfg_path"))), ("Model", f"{info.get('arch')} / {info.get('model_type')}"),
             ("LLM", short_path(info.get("llama_model"))), ("Checkpoint", short_path(info.get("ckpt"))),
-            ("Device", info.get("device") + (" (LLM in 8-bit)" if info.get("low_resource") else ""))]
+            ("Device", info.get("device") + (" (LLM in 8-bit)" if info.get("low_resource") else "")),
+            ("Precision", (info.get("precision") or "") + (", compiled decoding" if info.get("compile") else ""))]
     return "**Active model** — " + " · ".join(f"{k}: `{html.escape(str(v))}`" for k, v in rows if v)
 
 
@@ -300,8 +302,12 @@ def main(argv=None) -> int:
     device = resolve_device(args.device, args.gpu_id)
     torch.manual_seed(args.seed)
     logger.info("Initializing Chat")
-    model, vis_processor, info = load_for_inference(args.cfg_path, args.options, device=device)
+    options = speed_options(args.options, args.precision, args.compile)
+    model, vis_processor, info = load_for_inference(args.cfg_path, options, device=device)
     chat = Chat(model, vis_processor, device=device)
+    warm = chat.warm_up(max_new_tokens=300)
+    if warm:
+        logger.info("--compile: compiled the decode step in %.1f s (warm-up).", warm)
     logger.info("Initialization Finished")
     examples = example_images(args.examples)
     demo = build_demo(chat, info, read_prompts(args.prompts), examples)

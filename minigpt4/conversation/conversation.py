@@ -8,6 +8,7 @@ batched captioning in :mod:`minigpt4.conversation.decoding`; both are re-exporte
 from __future__ import annotations
 
 import threading
+import time
 from typing import Iterator
 
 import torch
@@ -33,6 +34,7 @@ from minigpt4.conversation.template import (
     undo_question,
 )
 from minigpt4.inference.inputs import image_tensor
+from minigpt4.models.compiled import cache_length, static_cache_kwargs
 
 __all__ = ["CONV_VISION", "Chat", "Conversation", "SeparatorStyle", "StoppingCriteriaSub", "clean_answer",
            "stop_words_ids_for", "strip_leading_special"]
@@ -82,10 +84,13 @@ class Chat:
     def decode(self, output_ids: torch.Tensor) -> str:
         return clean_answer(self.model.decode_ids(output_ids))
 
-    def _generate(self, embs, kwargs: dict, streamer=None, cancel: threading.Event | None = None):
+    def _generate(self, embs, kwargs: dict, streamer=None, cancel: threading.Event | None = None,
+                  cache_tokens: int | None = None):
         criteria = StoppingCriteriaList(list(self.stopping_criteria))
         if cancel is not None:
             criteria.append(CancelCriteria(cancel))
+        # model.compile: static KV cache + compiled decode step (models/compiled.py); nothing otherwise
+        kwargs = {**kwargs, **static_cache_kwargs(self.model, embs.shape[1], kwargs["max_new_tokens"], cache_tokens)}
         with torch.no_grad(), self.model.maybe_autocast():
             outputs = self.model.llama_model.generate(
                 inputs_embeds=embs,
@@ -96,6 +101,22 @@ class Chat:
                 **kwargs,
             )
         return strip_leading_special(outputs[0])
+
+    def warm_up(self, max_new_tokens=300, max_length=2000, num_beams=1) -> float:
+        """With ``model.compile``: compile the decode step now, on a blank image and a short question
+        (a few tokens, the cache sized for ``max_new_tokens``); returns the seconds it took (0 without)."""
+        if not getattr(self.model, "compile_decoding", False):
+            return 0.0
+        start = time.perf_counter()
+        size = self.model.config.image_size
+        conv, img_list = CONV_VISION.copy(), []
+        self.upload_img(torch.zeros(1, 3, size, size, device=self.device), conv, img_list)
+        add_question(conv, "Hello")
+        embs = self.context_for_generation(conv, img_list, max_new_tokens, max_length)
+        tokens = min(3, max_new_tokens)
+        kwargs = generation_kwargs(tokens, num_beams, tokens + 1, 0.9, 1.0, 1.0, 1.0, False)
+        self._generate(embs, kwargs, cache_tokens=cache_length(embs.shape[1], max_new_tokens))
+        return time.perf_counter() - start
 
     def answer(self, conv, img_list, max_new_tokens=300, num_beams=1, min_length=1, top_p=0.9,
                repetition_penalty=1.0, length_penalty=1, temperature=1.0, max_length=2000, do_sample=True,

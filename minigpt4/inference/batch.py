@@ -10,6 +10,7 @@ on ``###`` or EOS. The original's stop check only looked at batch row 0.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Sequence
 
 import torch
@@ -28,6 +29,7 @@ from minigpt4.conversation.decoding import (
 )
 from minigpt4.conversation.template import CONV_VISION, add_image, add_question
 from minigpt4.inference.inputs import image_tensor
+from minigpt4.models.compiled import cache_length, static_cache_kwargs
 
 
 @dataclasses.dataclass
@@ -124,18 +126,7 @@ class BatchCaptioner:
         check_num_captions(num_captions, settings)
         with torch.no_grad():
             image_embeds = self.encode_images(images)
-            contexts = self.context_embeds(image_embeds, prompts, settings)
-            pad_embed = self.model.embed_tokens(torch.tensor([self.pad_token_id], device=self.device))[0]
-            inputs_embeds, attention_mask = left_pad(contexts, pad_embed)
-            with self.model.maybe_autocast():
-                outputs = self.model.llama_model.generate(
-                    inputs_embeds=inputs_embeds,
-                    attention_mask=attention_mask,
-                    stopping_criteria=self.stopping_criteria,
-                    pad_token_id=self.pad_token_id,
-                    num_return_sequences=num_captions,
-                    **settings.generate_kwargs(),
-                )
+            outputs = self._decode(self.context_embeds(image_embeds, prompts, settings), settings, num_captions)
         results = []
         for row, output in enumerate(outputs.tolist()):
             ids = cut_at_stop(output, self.stop_words_ids, self.eos_ids)
@@ -145,6 +136,44 @@ class BatchCaptioner:
                 results.append([])
             results[-1].append(caption)
         return results
+
+
+    def _decode(self, contexts: list[torch.Tensor], settings: GenerationSettings, num_captions: int,
+                cache_tokens: int | None = None) -> torch.Tensor:
+        """One ``generate`` over the left-padded contexts; with ``model.compile`` on a static cache whose
+        length is bucketed (models/compiled.py), so prompts of other lengths reuse the compiled step."""
+        pad_embed = self.model.embed_tokens(torch.tensor([self.pad_token_id], device=self.device))[0]
+        inputs_embeds, attention_mask = left_pad(contexts, pad_embed)
+        kwargs = static_cache_kwargs(self.model, inputs_embeds.shape[1], settings.max_new_tokens, cache_tokens)
+        with self.model.maybe_autocast():
+            return self.model.llama_model.generate(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                stopping_criteria=self.stopping_criteria,
+                pad_token_id=self.pad_token_id,
+                num_return_sequences=num_captions,
+                **settings.generate_kwargs(),
+                **kwargs,
+            )
+
+    def warm_up(self, prompt: str, settings: GenerationSettings | None = None, batch_size: int = 1,
+                num_captions: int = 1) -> float:
+        """With ``model.compile``: compile the decode step now for ``batch_size`` blank images asked
+        ``prompt`` (a few tokens, the cache sized for ``settings.max_new_tokens``); returns the seconds
+        it took (0 without compile), so that the work after it is timed without the compilation."""
+        if not getattr(self.model, "compile_decoding", False):
+            return 0.0
+        settings = settings or GenerationSettings()
+        start = time.perf_counter()
+        size = self.model.config.image_size
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):  # sampled captions stay as without warm-up
+            image_embeds, _ = self.model.encode_img(torch.zeros(batch_size, 3, size, size, device=self.device))
+            contexts = self.context_embeds(image_embeds, [prompt] * batch_size, settings)
+            tokens = min(3, settings.max_new_tokens)
+            short = dataclasses.replace(settings, max_new_tokens=tokens, min_length=tokens + 1)
+            self._decode(contexts, short, num_captions, cache_length(contexts[0].shape[0], settings.max_new_tokens))
+        return time.perf_counter() - start
 
 
 def check_num_captions(num_captions: int, settings: GenerationSettings) -> None:

@@ -15,6 +15,8 @@ import torch
 from minigpt4.common.config import Config
 from minigpt4.common.errors import ConfigError
 from minigpt4.common.registry import registry
+from minigpt4.models.compiled import check_compile
+from minigpt4.models.precision import PRECISION_MODES, resolve_precision, store_frozen_
 
 logger = logging.getLogger(__name__)
 
@@ -55,18 +57,53 @@ class LoadedModel(NamedTuple):
     info: dict  # config, model identity and device, written into every caption record
 
 
+def add_speed_flags(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` and ``--compile`` (caption.py, demo.py, the benchmarks): ``model.precision`` and
+    ``model.compile`` from the command line (models/precision.py, models/compiled.py)."""
+    parser.add_argument("--precision", choices=PRECISION_MODES,
+                        help="model.precision: auto (the original: fp32 on CPU, fp16 + autocast on GPU), fp32, "
+                             "bf16 (weights stored in bfloat16, no autocast), fp16 (GPU only) or int8 (bf16 with "
+                             "int8 LLM weights: the fastest CPU decoding)")
+    parser.add_argument("--compile", action="store_true",
+                        help="model.compile: static KV cache + torch.compile of the decode step (the first "
+                             "generation compiles it; greedy ids as without)")
+
+
+def speed_options(options: Sequence[str] | None, precision: str | None = None, compile: bool = False) -> list[str]:
+    """``options`` plus the ``model.precision`` / ``model.compile`` items of ``--precision`` / ``--compile``."""
+    options = list(options or [])
+    if precision:
+        options.append(f"model.precision={precision}")
+    if compile:
+        options.append("model.compile=true")
+    return options
+
+
+def check_speed_settings(cfg: Config, device) -> str | None:
+    """Fail early (before any weight loads) on a precision or compile setting this device cannot run;
+    returns the precision the model will run in (None for a model without the setting)."""
+    model = getattr(cfg, "model", None)
+    if not hasattr(model, "precision"):
+        return None
+    quantized = bool(cfg.model_cfg.get("low_resource", False)) or model.quantization is not None
+    plan = resolve_precision(model.precision, device or "cpu", model.vit_precision, model.llama_precision, quantized)
+    check_compile(model.compile, device or "cpu")
+    return plan.mode
+
+
 def load_config(cfg_path: str, options: Sequence[str] | None = None, device: torch.device | None = None) -> Config:
     """The merged config; on CUDA the 8-bit LLM goes to ``device``'s index (``model.device_8bit``),
     as the original demo's ``--gpu-id``; on CPU, ``model.low_resource`` (8-bit, CUDA only) is
-    switched off with a notice."""
+    switched off with a notice. Precision and compile settings the device cannot run fail here."""
     options = list(options or [])
     if device is not None and device.type == "cuda":
         options.append(f"model.device_8bit={device.index or 0}")
     cfg = Config(argparse.Namespace(cfg_path=str(cfg_path), options=options or None))
     if (device is None or device.type != "cuda") and cfg.model_cfg.get("low_resource", False):
-        logger.warning("model.low_resource (8-bit LLM) needs CUDA; running on %s in float32 instead.",
-                       device or "cpu")
+        logger.warning("model.low_resource (8-bit LLM) needs CUDA; running on %s with the LLM unquantised "
+                       "instead.", device or "cpu")
         cfg.model_cfg.low_resource = False
+    check_speed_settings(cfg, device)
     return cfg
 
 
@@ -80,6 +117,8 @@ def model_info(cfg: Config, device: torch.device) -> dict:
         "ckpt": str(model_cfg.get("ckpt", "")),
         "low_resource": bool(model_cfg.get("low_resource", False)),
         "device": str(device),
+        "precision": check_speed_settings(cfg, device),  # what the model runs in (auto on CPU: fp32)
+        "compile": bool(model_cfg.get("compile", False)),
     }
 
 
@@ -88,6 +127,10 @@ def build_for_inference(cfg: Config, device: torch.device) -> LoadedModel:
     model_cfg = cfg.model_cfg
     model = registry.get_model_class(model_cfg.arch).from_config(model_cfg, device=str(device))
     model.eval()
+    stored = getattr(getattr(model, "precision", None), "stored", None)
+    if stored is not None:  # bf16/fp16 inference: nothing trains, so the projection is stored in it too
+        model.llama_proj.requires_grad_(False)
+        store_frozen_(stored, model.llama_proj)
     vis_cfg = cfg.inference_vis_processor_cfg
     vis_processor = registry.get_processor_class(vis_cfg.name).from_config(vis_cfg)
     return LoadedModel(model, vis_processor, model_info(cfg, device))

@@ -74,6 +74,12 @@ class MiniGPT4Config:
     llama_precision: Precision = "fp16"  # GPU only
     low_resource: bool = False  # 8-bit Vicuna on GPU device_8bit (bitsandbytes)
     device_8bit: int = 0
+    # speed (models/precision.py, models/compiled.py; docs/USAGE.md), the original's behaviour by default:
+    # auto = fp32 on CPU, vit_precision/llama_precision + autocast on GPU; bf16/fp16 store the frozen parts;
+    # int8 = bf16 with the LLM's Linear weights in int8 (CPU decoding, inference only)
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
+    attn_implementation: Literal["auto", "eager", "sdpa"] = "auto"  # auto: eager Q-Former at auto/fp32
+    compile: bool = False  # static KV cache + torch.compile of the decode step
     # training inputs
     prompt_path: str = ""
     prompt_template: str = ""

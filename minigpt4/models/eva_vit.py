@@ -51,6 +51,13 @@ def build_eva_vit(image_size: int, drop_path_rate: float = 0.0, use_grad_checkpo
     return vit
 
 
+def set_attention(vit: Eva, implementation: str) -> None:
+    """``"sdpa"``: timm's fused attention (``scaled_dot_product_attention``, timm's default); ``"eager"``:
+    the explicit softmax(QK^T)V of the original."""
+    for block in vit.blocks:
+        block.attn.fused_attn = implementation == "sdpa"
+
+
 def vit_features(vit: Eva, image: torch.Tensor) -> torch.Tensor:
     """All tokens of the last block (no final norm, no pooling)."""
     return vit.forward_features(image)

@@ -82,10 +82,12 @@ def is_quantized(llm) -> bool:
 
 
 def load_llm(llama_model: str, dtype: torch.dtype, low_resource: bool = False, device_8bit: int = 0,
-             load_weights: bool = True, device=None, quantization: str | None = None):
+             load_weights: bool = True, device=None, quantization: str | None = None,
+             attn_implementation: str | None = None):
     """``LlamaForCausalLM`` in ``dtype``; with ``low_resource`` in 8-bit on GPU ``device_8bit``, with
     ``quantization`` (``8bit`` / ``4bit``) quantised on that GPU (``device_8bit`` unless ``device`` is one).
-    ``load_weights=False`` builds the architecture of ``config.json`` with random weights (benchmarks)."""
+    ``load_weights=False`` builds the architecture of ``config.json`` with random weights (benchmarks).
+    ``attn_implementation`` (``"eager"``/``"sdpa"``; None: transformers' default) is handed to transformers."""
     path = _llm_dir(llama_model)
     if not (path / "config.json").is_file():
         raise ConfigError(f"{str(path)!r} (model.llama_model) has no config.json; it is not a Hugging Face model folder.")
@@ -101,11 +103,12 @@ def load_llm(llama_model: str, dtype: torch.dtype, low_resource: bool = False, d
             "quantization_config": quantization_config(bits),
             "device_map": kwargs["device_map"] if on_device else {"": int(device_8bit)},
         }
+    attn = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if not load_weights:
         from transformers import AutoConfig
 
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)), dtype=dtype)
-    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(path)), dtype=dtype, **attn)
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs, **attn)
 
 
 class OriginalDecoder:

@@ -21,11 +21,13 @@ from minigpt4.common.registry import registry
 from minigpt4.constants import BLIP2_FLANT5XXL_URL, EVA_VIT_G_URL, IMAGE_PLACEHOLDER
 from minigpt4.models.config import MiniGPT4Config
 from minigpt4.models.checkpoint import load_weights_file, resolve_weights, strict_load
-from minigpt4.models.eva_vit import build_eva_vit, cast_linear_conv_, convert_eva_state_dict, vit_features
+from minigpt4.models.compiled import check_compile
+from minigpt4.models.eva_vit import build_eva_vit, cast_linear_conv_, convert_eva_state_dict, set_attention, vit_features
 from minigpt4.models.llm import OriginalDecoder, check_quantization, is_quantized, load_llm, load_tokenizer, quantization_bits
 from minigpt4.models.lora import (apply_lora, check_adapters_match, checkpoint_key_map, is_adapter_key, merge_lora,
                                   saved_lora_config, to_checkpoint_names)
 from minigpt4.models.losses import pc_loss
+from minigpt4.models.precision import apply_storage_, resolve_attention, resolve_precision, summary, weight_dtype
 from minigpt4.models.qformer import (
     build_qformer,
     convert_blip2_state_dict,
@@ -35,7 +37,6 @@ from minigpt4.models.qformer import (
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Buffers the original saved in its checkpoints; they are recomputed here, so they are ignored on load.
 IGNORED_CKPT_SUFFIXES = ("position_ids", "rotary_emb.inv_freq")
 # What every MiniGPT-4 checkpoint must hold: the trained projection.
@@ -46,12 +47,6 @@ def _freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()
-
-
-def _precision(name: str, key: str) -> torch.dtype:
-    if name not in PRECISIONS:
-        raise ConfigError(f"model.{key} must be one of {', '.join(PRECISIONS)}; got {name!r}.")
-    return PRECISIONS[name]
 
 
 @registry.register_model("mini_gpt4")
@@ -78,21 +73,22 @@ class MiniGPT4(nn.Module):
         super().__init__()
         self.config = config
         device = torch.device(device)
-        check_quantization(quantization_bits(config.low_resource, config.quantization), device)  # before any loading
-        on_gpu = device.type != "cpu"
+        bits = quantization_bits(config.low_resource, config.quantization)
+        check_quantization(bits, device)  # before any loading
         self.low_resource = config.low_resource
-        self.vit_dtype = _precision(config.vit_precision, "vit_precision") if on_gpu else torch.float32
-        self.llm_dtype = _precision(config.llama_precision, "llama_precision") if on_gpu else torch.float32
-        # The original autocasts in fp16 on the GPU; bf16 where asked; never on the CPU.
-        half = [d for d in (self.llm_dtype, self.vit_dtype) if d != torch.float32]
-        self.autocast_dtype = half[0] if half else None
-        if not on_gpu and (config.vit_precision != "fp32" or config.llama_precision != "fp32"):
-            logger.info("Running on %s: every part in float32 (vit_precision/llama_precision apply on GPU only).", device)
+        # models/precision.py: the one precision policy (auto: the original's) and the attention kernels
+        self.precision = resolve_precision(config.precision, device, config.vit_precision, config.llama_precision,
+                                           quantized=bits is not None)
+        self.attention = resolve_attention(config.attn_implementation, self.precision)
+        check_compile(config.compile, device)
+        self.compile_decoding = config.compile  # static KV cache + compiled decode step (models/compiled.py)
+        self.vit_dtype, self.llm_dtype, self.autocast_dtype = self.precision.vit, self.precision.llm, self.precision.autocast
         self._frozen: list[nn.Module] = []  # parts that stay in eval mode under model.train()
 
         logger.info("Loading VIT")
         self.visual_encoder = build_eva_vit(config.image_size, config.drop_path_rate, config.use_grad_checkpoint,
                                             config.vit_config)
+        set_attention(self.visual_encoder, self.attention.vit)
         if load_weights:  # False only for benchmarks of an architecture without its weights
             self._load_vit(config.vit_ckpt)
         # fp32 math, result in the input dtype; PyTorch's default eps 1e-5, unlike the ViT's 1e-6
@@ -105,7 +101,7 @@ class MiniGPT4(nn.Module):
 
         logger.info("Loading Q-Former")
         self.Qformer, self.query_tokens = build_qformer(config.num_query_token, self.visual_encoder.embed_dim,
-                                                        config.qformer_config)
+                                                        config.qformer_config, attn_implementation=self.attention.qformer)
         if load_weights:
             self._load_blip2(config.q_former_model)
         if config.freeze_qformer:
@@ -118,7 +114,7 @@ class MiniGPT4(nn.Module):
         self.decode_ids = OriginalDecoder(self.llama_tokenizer)
         self.llama_model = load_llm(config.llama_model, self.llm_dtype, low_resource=self.low_resource,
                                     device_8bit=config.device_8bit, load_weights=load_weights, device=device,
-                                    quantization=config.quantization)
+                                    quantization=config.quantization, attn_implementation=self.attention.llm)
         for p in self.llama_model.parameters():  # frozen, but in train mode under model.train(), as the original
             p.requires_grad_(False)
 
@@ -128,7 +124,9 @@ class MiniGPT4(nn.Module):
         self.max_txt_len = config.max_txt_len
         self.end_sym = config.end_sym
         self.prompt_list = self.load_prompts(config.prompt_path, config.prompt_template)
+        apply_storage_(self)  # bf16/fp16/int8: the frozen parts stored in that dtype (models/precision.py)
         self.place(device)
+        logger.info(summary(self, device))
 
     def _freeze_part(self, *modules: nn.Module) -> None:
         for module in modules:
@@ -241,6 +239,9 @@ class MiniGPT4(nn.Module):
             return contextlib.nullcontext()
         return torch.autocast(device_type=vit_device.type, dtype=self.autocast_dtype)
 
+    def _cast_in(self, x: torch.Tensor, part) -> torch.Tensor:  # bf16/fp16: x in the dtype of part's weights
+        return x if self.precision.stored is None else x.to(weight_dtype(part))
+
     # -- the model ------------------------------------------------------------------------------------
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         return self.llama_model.get_input_embeddings()(ids)
@@ -248,19 +249,21 @@ class MiniGPT4(nn.Module):
     def encode_img(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) normalised images -> (``inputs_llama`` (B, Q, D_llm), ``atts_llama`` (B, Q) ones)."""
         device = self.device
-        image = image.to(self.ln_vision.weight.device)
+        image = self._cast_in(image.to(self.ln_vision.weight.device), self.visual_encoder)
         # frozen parts run without autograd (same values; nothing of theirs is kept for the backward)
         frozen_vit, frozen_both = self.config.freeze_vit, self.config.freeze_vit and self.config.freeze_qformer
         with self.maybe_autocast():
             with torch.no_grad() if frozen_vit else contextlib.nullcontext():
                 image_embeds = self.ln_vision(vit_features(self.visual_encoder, image)).to(device)
-            image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device)
+            image_atts = (torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device)  # SDPA: no mask at all
+                          if self.attention.qformer == "eager" else None)
             query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
             with torch.no_grad() if frozen_both else contextlib.nullcontext():
                 query_output = self.Qformer(
                     query_embeds=query_tokens, encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts
                 )
-            inputs_llama = self.llama_proj(query_output.last_hidden_state)
+            inputs_llama = self.llama_proj(self._cast_in(query_output.last_hidden_state, self.llama_proj))
+        inputs_llama = self._cast_in(inputs_llama, self.llama_model)
         atts_llama = torch.ones(inputs_llama.shape[:-1], dtype=torch.long, device=device)
         return inputs_llama, atts_llama
 

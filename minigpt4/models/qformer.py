@@ -12,9 +12,11 @@ from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from minigpt4.models.config import QFormerConfig
 
-def build_qformer(num_query_token: int, vision_width: int, arch: QFormerConfig | None = None, device=None):
+def build_qformer(num_query_token: int, vision_width: int, arch: QFormerConfig | None = None, device=None,
+                  attn_implementation: str = "eager"):
     """Return ``(qformer, query_tokens)`` with the sizes of ``arch`` (``model.qformer_config``; default:
-    bert-base-uncased as the original reads it, with BLIP-2's cross-attention every 2nd layer)."""
+    bert-base-uncased as the original reads it, with BLIP-2's cross-attention every 2nd layer).
+    ``attn_implementation``: ``"eager"`` (the original's math) or ``"sdpa"`` (differs only in rounding)."""
     arch = arch or QFormerConfig()
     config = Blip2QFormerConfig(
         hidden_size=arch.hidden_size,
@@ -29,7 +31,7 @@ def build_qformer(num_query_token: int, vision_width: int, arch: QFormerConfig |
         attention_probs_dropout_prob=0.1,
         use_qformer_text_input=False,
     )
-    config._attn_implementation = "eager"  # the original's math; sdpa differs only in rounding
+    config._attn_implementation = attn_implementation
     with torch.device(device) if device is not None else contextlib.nullcontext():
         qformer = Blip2QFormerModel(config)
         query_tokens = nn.Parameter(torch.zeros(1, num_query_token, arch.hidden_size))
