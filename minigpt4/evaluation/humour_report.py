@@ -124,6 +124,8 @@ def percentile_section(metrics: dict) -> str:
 
 
 def gallery(run: RunResult, data_dir, out_dir: Path, limit: int, metrics: dict) -> str:
+    if limit == 0:
+        return ""
     by_image: dict[str, list[dict]] = {}
     for row in run.rows:
         by_image.setdefault(row["image_id"], []).append(row)
@@ -166,7 +168,7 @@ def write_run_report(run: RunResult, out_dir, data_dir=None, sort_by: str = "CID
     """One captions file's report folder; with ``data_dir`` the humour files and sections too."""
     out_dir = check_report_dir(out_dir)
     run.result.metrics = clean(run.result.metrics)
-    extra, paths = [], {}
+    extra, paths, own_gallery = [], {}, None
     if data_dir is not None:
         rows = clean(run.rows)
         run.per_image = clean(run.per_image)
@@ -178,11 +180,11 @@ def write_run_report(run: RunResult, out_dir, data_dir=None, sort_by: str = "CID
         for name, data in blobs.items():
             atomic_write_bytes(out_dir / name, data)
             paths[name] = out_dir / name
-        extra = [humour_summary_section, percentile_section,
-                 partial(gallery, run, data_dir, out_dir, gallery_size)]
+        extra = [humour_summary_section, percentile_section]
+        own_gallery = partial(gallery, run, data_dir, out_dir, gallery_size)
     paths.update(write_report(run.result, out_dir, sort_by=sort_by, ascending=ascending,
-                              gallery_size=0 if data_dir is not None else gallery_size, sources=sources,
-                              extra_sections=extra))
+                              gallery_size=gallery_size, sources=sources, extra_sections=extra,
+                              gallery=own_gallery))
     return paths
 
 

@@ -1,8 +1,8 @@
 """Write an evaluation report folder: metrics.json, per_image.jsonl, length_hist.png, index.html.
 
 Every file is written whole or not at all. The page is a list of sections (functions of the
-metrics returning HTML); a caller adds its own with ``extra_sections`` (after the length histogram, before
-the gallery). ``metrics["warnings"]`` are shown first.
+metrics returning HTML); a caller adds its own with ``extra_sections`` (before the length histogram)
+and may replace the gallery with its own (``gallery``). ``metrics["warnings"]`` are shown first.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def check_report_dir(out_dir) -> Path:
 
 def write_report(result: EvaluationResult, out_dir, sort_by: str = "CIDEr-D", ascending: bool = False,
                  gallery_size: int = 200, top_references: int = 3, sources: dict | None = None,
-                 extra_sections: Sequence[Section] = ()) -> dict:
+                 extra_sections: Sequence[Section] = (), gallery: Section | None = None) -> dict:
     """Write the report into ``out_dir``; returns the paths written."""
     if sort_by not in METRIC_NAMES and sort_by != "length":
         raise EvaluationError(f"Unknown --sort-by {sort_by!r}; choose one of {', '.join(METRIC_NAMES)}, length.")
@@ -174,10 +174,11 @@ def write_report(result: EvaluationResult, out_dir, sort_by: str = "CIDEr-D", as
     atomic_write_bytes(paths["histogram"], histogram_png([row["length"] for row in result.per_caption], ref_lengths))
 
     rows = sorted(result.per_caption, key=lambda r: r[sort_by], reverse=not ascending)[:gallery_size]
-    sections = [warnings_section, summary_section, notes_section, histogram_section, *extra_sections]
+    sections = [warnings_section, summary_section, notes_section, *extra_sections, histogram_section]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Caption evaluation</title>"
              f"<style>{CSS}</style></head><body><h1>Caption evaluation</h1>"]
     parts += [section(metrics) for section in sections]
-    parts += [gallery_section(rows, out_dir, sort_by, ascending, top_references), "</body></html>"]
+    parts += [gallery(metrics) if gallery else gallery_section(rows, out_dir, sort_by, ascending, top_references),
+              "</body></html>"]
     atomic_write_text(paths["html"], "\n".join(p for p in parts if p))
     return paths
