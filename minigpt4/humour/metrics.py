@@ -4,7 +4,7 @@ recompute them.
 A row is ``{"scorer": "main"|"baseline", "kind": "human"|"mismatch"|"shuffled", "image_id" (the image
 it was scored with), "caption_image_id", "caption_index", "caption", "funny_score", "score"}``.
 
-Per test image, on its human captions (``kind: human``):
+On the human captions (``kind: human``) of the test images that have at least one pair:
 
 * pairwise accuracy -- the within-image pairs of :mod:`minigpt4.datasets.hic_pairs` (the margin rule), the
   funnier caption scored higher (a tie counts half), pooled over pairs; also per margin bucket;

@@ -80,8 +80,8 @@ class HumourRankingTask(BaseTask):
 
     def train_step(self, model, samples: dict) -> dict:
         scores = model(samples)
-        margin = scores["score_win"] - scores["score_lose"]
-        weight = samples["weight"].to(margin.dtype)
+        margin = (scores["score_win"] - scores["score_lose"]).float()  # the loss in fp32, also under autocast
+        weight = samples["weight"].float()
         loss = (weight * -F.logsigmoid(margin)).sum() / weight.sum().clamp_min(1e-12)
         return {"loss": loss, "log": {"pairwise_accuracy": pairwise_correct(margin.detach()).mean()}}
 
