@@ -35,7 +35,7 @@ from minigpt4.common.errors import CheckpointError, ConfigError
 from minigpt4.models.checkpoint import load_weights_file, resolve_weights, strict_load
 from minigpt4.models.config import QFormerConfig, VisionConfig
 from minigpt4.models.eva_vit import build_eva_vit, convert_eva_state_dict, vit_features
-from minigpt4.models.qformer import build_qformer, qformer_key_to_ours
+from minigpt4.models.qformer import BLIP2_DROPPED, build_qformer, qformer_key_to_ours
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +44,15 @@ BERT_MAX_POSITIONS = 512
 DEC_TOKEN = "[DEC]"  # LAVIS adds it as the BOS token of BLIP-2's text decoder: vocab 30522 -> 30523
 BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
-# Keys of the BLIP-2 checkpoint the scorer does not use, dropped on purpose (with the reason).
-SCORER_DROPPED = [
-    (re.compile(r"^Qformer\.cls\."), "Q-Former language-model head (captioning loss only)"),
-    (re.compile(r"^Qformer\.bert\.embeddings\.position_ids$"), "position ids buffer (rebuilt)"),
-    (re.compile(r"^(t5_proj|opt_proj|llm_proj)\."), "BLIP-2 language-model projection"),
-    (re.compile(r"^(t5_model|opt_model|llm_model)\."), "BLIP-2 language model"),
-    (re.compile(r"^temp$"), "contrastive temperature (similarities are reported as cosines)"),
-]
+# Of the keys MiniGPT-4 drops (``BLIP2_DROPPED``), the scorer keeps the text branch and the ITC/ITM
+# heads; it drops the rest on purpose: the MLM head, the position-ids buffer (rebuilt), BLIP-2's
+# language model and its projection, and the contrastive temperature (similarities are cosines).
+SCORER_KEEPS = re.compile(r"^(Qformer\.bert\.embeddings\.(word|position)_embeddings\.|"
+                          r"Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\.|(vision_proj|text_proj|itm_head)\.)")
+
+
+def scorer_drops(key: str) -> bool:
+    return any(pattern.search(key) for pattern, _ in BLIP2_DROPPED) and not SCORER_KEEPS.search(key)
 _TEXT_EMBEDDINGS = "Qformer.bert.embeddings."
 _TEXT_TABLES = ("word_embeddings.", "position_embeddings.")
 
@@ -219,7 +220,7 @@ def convert_blip2_text_state_dict(state_dict: dict, with_vision: bool = True) ->
     their names. Without vision, ``ln_vision`` and ``visual_encoder`` are dropped too."""
     out, vit, dropped = {}, {}, []
     for key, value in state_dict.items():
-        if any(pattern.search(key) for pattern, _ in SCORER_DROPPED):
+        if scorer_drops(key):
             dropped.append(key)
         elif key.startswith("visual_encoder.") or key.startswith("ln_vision."):
             if not with_vision:

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from minigpt4.common.errors import CheckpointError, ConfigError
-from minigpt4.common.paths import PACKAGE_ROOT
 from minigpt4.common.registry import registry
 from minigpt4.models.blip2_text import (
     Blip2TextImageEncoder,
@@ -36,6 +35,7 @@ from minigpt4.models.blip2_text import (
 from minigpt4.models.checkpoint import load_weights_file, strict_load
 from minigpt4.models.eva_vit import cast_linear_conv_
 from minigpt4.models.hic_scorer_config import HICScorerConfig
+from minigpt4.models.presets import ModelPresets
 
 logger = logging.getLogger(__name__)
 
@@ -86,23 +86,13 @@ class EmbeddingCache:
 
 
 @registry.register_model("hic_scorer")
-class HICScorer(nn.Module):
+class HICScorer(ModelPresets, nn.Module):
     PRETRAINED_MODEL_CONFIG_DICT = {
         "blip2": "configs/models/hic_scorer.yaml",
         "tiny": "configs/models/hic_scorer_tiny.yaml",
         "mid": "configs/models/hic_scorer_mid.yaml",
     }
     config_class = HICScorerConfig
-
-    @classmethod
-    def model_types(cls) -> list[str]:
-        return sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)
-
-    @classmethod
-    def default_config_path(cls, model_type: str) -> str:
-        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
-            raise KeyError(f"Unknown model_type {model_type!r}; known model types: {', '.join(cls.model_types())}.")
-        return str(PACKAGE_ROOT / cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
 
     def __init__(self, config: HICScorerConfig, device="cpu", load_weights: bool = True):
         super().__init__()

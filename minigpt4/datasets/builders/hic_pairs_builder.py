@@ -8,10 +8,8 @@ Images whose file is missing are left out with their pairs, and counted.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, fields
-from typing import Literal
 
 from minigpt4.common.errors import DatasetError
 from minigpt4.common.registry import registry
@@ -24,15 +22,8 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class HICPairsConfig(DatasetConfig):
-    """The keys of ``datasets.oxford_hic_pairs``: the dataset keys plus the pair rules."""
-
-    min_log_margin: float = math.log(2)
-    min_winner_score: float = 1.0
-    max_pairs_per_image: int = 16  # 0: every pair
-    pair_weight: Literal["uniform", "margin"] = "uniform"
-    mismatch_fraction: float = 0.1
-    seed: int = 0
+class HICPairsConfig(DatasetConfig, PairOptions):
+    """The keys of ``datasets.oxford_hic_pairs``: the dataset keys plus the pair rules (:class:`PairOptions`)."""
 
     def pair_options(self, **changes) -> PairOptions:
         values = {f.name: getattr(self, f.name) for f in fields(PairOptions)}
