@@ -263,8 +263,18 @@ def test_head_checkpoints_of_another_kind_are_named_errors(tiny_dir, tmp_path):
     torch.save({"model": head, "config": {"model": {"head": "itm", "use_image": True}}}, tmp_path / "itm.pth")
     with pytest.raises(CheckpointError, match=r"trained with model\.head='itm'.*model\.head='itc'"):
         build(f"model.ckpt={tmp_path / 'itm.pth'}")
-    torch.save({"model": head}, tmp_path / "ok.pth")
-    assert set(build(f"model.ckpt={tmp_path / 'ok.pth'}").load_checkpoint(str(tmp_path / "ok.pth"))) == set(head)
+    torch.save({"model": {k: v for k, v in head.items() if k != "head.mlp.1.bias"}}, tmp_path / "part.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys head\.mlp\.1\.bias"):
+        build(f"model.ckpt={tmp_path / 'part.pth'}")
+    # a head trained on a frozen backbone (no layer tensors) serves a config that names a trainable layer:
+    # the layer keeps the BLIP-2 weights
+    frozen = build("model.train_qformer_layers=0", "model.head_hidden=16")
+    with torch.no_grad():
+        randomize(frozen.head)
+    torch.save({"model": frozen.trainable_state_dict()}, tmp_path / "ok.pth")
+    layered = build(f"model.ckpt={tmp_path / 'ok.pth'}", "model.head_hidden=16").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layered.score(images(2), CAPTIONS[:2]), frozen.eval().score(images(2), CAPTIONS[:2]))
 
 
 # -- pairs ----------------------------------------------------------------------------------------------

@@ -273,9 +273,10 @@ class HICScorer(ModelPresets, nn.Module):
                     raise CheckpointError(
                         f"model.ckpt {ckpt} was trained with model.{key}={saved_model[key]!r} but this config has "
                         f"model.{key}={getattr(self.config, key)!r}: set model.{key} to match the checkpoint.")
-        trainable = set(self.trainable_state_dict())
+        # the head must be whole; Q-Former layers it does not hold keep the BLIP-2 weights (a head trained
+        # on a frozen backbone); a resume checks separately that every trainable tensor was there
         loaded = strict_load(self, weights, f"scorer checkpoint {ckpt} (model.ckpt)",
-                             may_be_missing=lambda key: key not in trainable)
+                             may_be_missing=lambda key: not key.startswith(HEAD_PREFIX))
         logger.info("Loaded %d scorer tensors from %s", len(loaded), ckpt)
         return loaded
 
