@@ -4,6 +4,10 @@ one-image-at-a-time ``Chat`` loop (encode, ask, greedy answer), on the tiny and 
 when CUDA exists, the real-size architecture with random weights (fp16).
 
     python benchmarks/bench_caption.py [--images 16] [--new-tokens 60 128] [--presets tiny mid] [--best-of 4 8]
+        [--precision bf16|int8|...] [--compile]
+
+``--precision``/``--compile`` run every way in that mode (``model.precision``, ``model.compile``; the
+compile warm-up runs before the timings); benchmarks/bench_model.py compares the modes with each other.
 
 Every caption is exactly ``--new-tokens`` long (no stop sequence, ``min_length`` = max), so both
 ways do the same work; 60 is caption.py's default. Writes benchmarks/results/bench_caption.json and .md.
@@ -51,6 +55,9 @@ def measure(model, device: str, n_images: int, new_tokens: int, batch_sizes) -> 
     chat = Chat(model, vis_processor=None, device=device, stop_words_ids=NEVER)
     captioner = BatchCaptioner(model, vis_processor=None, device=device, stop_words_ids=NEVER)
     settings = GenerationSettings(max_new_tokens=new_tokens, min_length=new_tokens + 1)
+    chat.warm_up(max_new_tokens=new_tokens)  # --compile: the decode step compiles here, not in the timings
+    for bs in batch_sizes:
+        captioner.warm_up(PROMPT, settings, bs)
 
     def one_at_a_time(batch):
         for image in batch:
@@ -131,14 +138,17 @@ def main(argv=None) -> int:
     p.add_argument("--presets", nargs="+", default=["tiny", "mid"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4, 8])
     p.add_argument("--best-of", nargs="+", type=int, default=[4, 8], help="best-of-N rows (0: none)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "int8"), help="model.precision (default: auto)")
+    p.add_argument("--compile", action="store_true", help="model.compile: compiled static-cache decoding")
     args = p.parse_args(argv)
+    mode = (args.precision or "fp32") + ("+compile" if args.compile else "")
     rows = []
     best_of = [n for n in args.best_of if n > 0]
     scorer = HumourScorer.from_config(SCORER_EVAL, device="cpu") if best_of else None
     for preset in args.presets:
-        model = build_preset(preset, "cpu")
+        model = build_preset(preset, "cpu", args.precision, args.compile)
         for new_tokens in args.new_tokens:
-            rows.append({"preset": preset, "device": "cpu", "dtype": "fp32", "new_tokens": new_tokens,
+            rows.append({"preset": preset, "device": "cpu", "dtype": mode, "new_tokens": new_tokens,
                          **measure(model, "cpu", args.images, new_tokens, args.batch_sizes)})
             if best_of:
                 rows[-1].update(best_of_n(model, scorer, "cpu", min(args.images, 8), new_tokens, best_of))

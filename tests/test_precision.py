@@ -97,6 +97,14 @@ def test_bf16_stores_the_frozen_parts_and_keeps_fp32_where_the_libraries_compute
     assert m.autocast_dtype is None
 
 
+def test_the_log_says_which_dtype_each_part_runs_in(caplog):
+    with caplog.at_level(logging.INFO, logger="minigpt4.models.mini_gpt4"):
+        build("model.precision=bf16")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Precision ")]
+    assert lines == ["Precision bf16 on cpu: weights ViT bfloat16, Q-Former bfloat16, llama_proj float32, LLM "
+                     "bfloat16; no autocast; attention ViT sdpa, Q-Former sdpa, LLM sdpa."]
+
+
 def test_bf16_image_embeddings_within_2e2_of_fp32(tiny_model, bf16_model):
     with torch.no_grad():
         ref, _ = tiny_model.encode_img(images())
@@ -186,3 +194,45 @@ def test_caption_bf16_records_the_precision_and_refuses_mixing_with_fp32(tmp_pat
     common[3] = str(tmp_path / "*.png")
     with pytest.raises(MiniGPT4Error, match=r"other settings: precision \('bf16' there, 'fp32' now\)"):
         caption.main(common)  # fp32 into a bf16 file
+
+
+# -- int8 (weight-only, CPU decoding) ------------------------------------------------------------------
+def test_int8_linear_matches_the_dequantised_product_on_both_paths():
+    from minigpt4.models.int8 import DEQUANT_ROWS, Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 40).requires_grad_(False)
+    q = Int8Linear(linear)
+    w = linear.weight.float()
+    scale = w.abs().amax(dim=1) / 127  # the test's own quantisation: symmetric, per output row
+    dequant = torch.round(w / scale[:, None]).clamp(-127, 127) * scale[:, None]
+    for rows in (1, DEQUANT_ROWS + 3):  # the int8 kernel (decode) and the dequantised bf16 matmul (prefill)
+        x = torch.randn(2, rows, 96).bfloat16()
+        want = x.float() @ dequant.T + linear.bias.float()
+        got = q(x)
+        assert got.shape == (2, rows, 40) and got.dtype == torch.bfloat16
+        assert rel_l2(got, want) < 1e-2
+        assert rel_l2(got, x.float() @ w.T + linear.bias) < 2e-2
+
+
+def test_int8_model_quantises_the_llm_and_stays_within_2e2(tiny_model):
+    from minigpt4.models.int8 import Int8Linear
+
+    m = build("model.precision=int8")
+    llm_linears = [mod for mod in m.llama_model.modules() if isinstance(mod, (torch.nn.Linear, Int8Linear))]
+    assert llm_linears and all(isinstance(mod, Int8Linear) for mod in llm_linears)
+    assert {p.dtype for p in m.visual_encoder.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        ref, _ = tiny_model.encode_img(images())
+        got, _ = m.encode_img(images())
+        assert rel_l2(got, ref) < 2e-2
+        emb = torch.randn(1, 9, m.llama_model.config.hidden_size, generator=torch.Generator().manual_seed(2))
+        logits = m.llama_model(inputs_embeds=emb.bfloat16()).logits
+        assert rel_l2(logits, tiny_model.llama_model(inputs_embeds=emb).logits) < 5e-2
+    with pytest.raises(ConfigError, match="int8 is for inference"):
+        m.llama_model(**m.build_training_inputs(SAMPLES, m.prompt_list[0]))
+
+
+def test_int8_is_a_cpu_mode():
+    with pytest.raises(ConfigError, match="int8.*CPU"):
+        resolve_precision("int8", "cuda:0")
