@@ -35,6 +35,7 @@ from tqdm import tqdm
 from minigpt4.cli.errors import add_debug_flag, run_cli
 from minigpt4.common.config import parse_options
 from minigpt4.common.errors import ConfigError, DatasetError
+from minigpt4.common.logger import console_logging
 from minigpt4.constants import IMAGE_MESSAGE
 from minigpt4.humour.rerank import Reranker, add_rerank_arguments, check_rerank_args
 from minigpt4.inference.batch import BatchCaptioner, GenerationSettings, check_num_captions
@@ -181,7 +182,7 @@ def caption_jobs(captioner: BatchCaptioner, jobs: list[ImageJob], settings: Gene
 def main(argv=None) -> int:
     """Caption the images; user errors raise (``cli`` prints them as one ``error:`` line)."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console_logging(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     prompts = read_prompts(args)
     out = Path(args.out)
     check_output_file(out)

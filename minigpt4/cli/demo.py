@@ -29,6 +29,7 @@ except ImportError as err:  # an optional extra
 
 from minigpt4.cli.errors import add_debug_flag, run_cli
 from minigpt4.common.errors import MiniGPT4Error
+from minigpt4.common.logger import console_logging
 from minigpt4.common.paths import PROJECT_ROOT
 from minigpt4.constants import IMAGE_MESSAGE
 from minigpt4.conversation.conversation import CONV_VISION, Chat
@@ -298,7 +299,7 @@ def build_demo(chat: Chat, model_info: dict, prompts=(), examples=()) -> gr.Bloc
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console_logging(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = resolve_device(args.device, args.gpu_id)
     torch.manual_seed(args.seed)
     logger.info("Initializing Chat")

@@ -33,6 +33,7 @@ from minigpt4.cli.evaluate_humour import (
     run_human_study,
 )
 from minigpt4.common.errors import ConfigError
+from minigpt4.common.logger import console_logging
 from minigpt4.evaluation.captions import METRIC_NAMES, EvaluationResult
 from minigpt4.humour import card as scorer_card
 
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     if "--scorer-card" in (sys.argv[1:] if argv is None else argv):
         return scorer_card.main(argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console_logging(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     if args.human_results:
         run_human_results(args)
     elif args.human_study is not None:

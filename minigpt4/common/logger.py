@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import sys
 import time
 from collections import deque
 
@@ -16,10 +17,31 @@ from minigpt4.common import dist_utils
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A console handler that writes to whatever ``sys.stderr`` is when a record is emitted (a plain
+    ``StreamHandler`` keeps the stream it was made with, which may be closed by then: a redirected or
+    captured stderr)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it
+        pass
+
+
+def console_logging(level=logging.INFO, fmt: str = LOG_FORMAT, force: bool = False) -> None:
+    """Log records of ``level`` and above to the current stderr (the entry points' console)."""
+    logging.basicConfig(level=level, format=fmt, handlers=[_CurrentStderr()], force=force)
+
+
 def setup_logger() -> None:
     """INFO on rank 0, WARNING elsewhere, to the console (as the original)."""
-    level = logging.INFO if dist_utils.is_main_process() else logging.WARNING
-    logging.basicConfig(level=level, format=LOG_FORMAT, handlers=[logging.StreamHandler()], force=True)
+    console_logging(logging.INFO if dist_utils.is_main_process() else logging.WARNING, force=True)
 
 
 class SmoothedValue:

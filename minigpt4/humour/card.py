@@ -25,6 +25,7 @@ from pathlib import Path
 from minigpt4.cli.errors import add_debug_flag, run_cli
 from minigpt4.common.atomic import atomic_path, atomic_write_text
 from minigpt4.common.errors import ConfigError, DatasetError
+from minigpt4.common.logger import console_logging
 from minigpt4.datasets.builders.hic_pairs_builder import images_by_split
 from minigpt4.datasets.hic_format import SELECTED_FILE, image_path
 from minigpt4.humour.card_page import render_card
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="report folder (scorer_card.json, scorer_card.html)")
     add_debug_flag(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    console_logging(logging.INFO, "%(levelname)s %(name)s: %(message)s")
     run_card(args)
     return 0
 
