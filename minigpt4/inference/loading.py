@@ -13,6 +13,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from minigpt4.common.config import Config
+from minigpt4.common.devices import resolve_device  # noqa: F401  (re-exported for the CLIs)
 from minigpt4.common.errors import ConfigError
 from minigpt4.common.registry import registry
 from minigpt4.models.compiled import check_compile
@@ -22,33 +23,6 @@ logger = logging.getLogger(__name__)
 
 # The ``model`` record fields that say which model wrote a caption (the device does not).
 MODEL_IDENTITY_KEYS = ("arch", "model_type", "llama_model", "ckpt", "low_resource")
-
-
-def resolve_device(requested=None, gpu_id: int = 0, setting: str = "--device") -> torch.device:
-    """``requested`` ("cpu", "cuda", "cuda:N", a ``torch.device`` or ``None``) as a checked device.
-
-    ``None`` is ``cuda:<gpu_id>`` when CUDA is available, else the CPU (with a notice); a bare
-    ``cuda`` gets index ``gpu_id``. Asking for CUDA without it, or for a GPU that does not exist,
-    is a :class:`ConfigError` naming ``setting`` (the flag or config key the request came from)."""
-    if requested is None or str(requested) == "":
-        if torch.cuda.is_available():
-            return torch.device("cuda", gpu_id)
-        logger.warning("CUDA is not available: running on the CPU (slow with the real model).")
-        return torch.device("cpu")
-    try:
-        device = torch.device(str(requested))
-    except RuntimeError as err:
-        raise ConfigError(f"{setting} {str(requested)!r} is not a device: use cpu or cuda:N.") from err
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{setting} is {str(requested)!r} but CUDA is not available on this machine; "
-                              f"set {setting} to cpu.")
-        if device.index is None:
-            device = torch.device("cuda", gpu_id)
-        if device.index >= torch.cuda.device_count():
-            raise ConfigError(f"{setting} asks for GPU {device.index} but this machine has "
-                              f"{torch.cuda.device_count()}; use cuda:0 .. cuda:{torch.cuda.device_count() - 1}.")
-    return device
 
 
 class LoadedModel(NamedTuple):

@@ -24,6 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from minigpt4.common import dist_utils
+from minigpt4.common.devices import resolve_device
 from minigpt4.common.errors import CheckpointError, ConfigError
 from minigpt4.common.logger import MetricLogger, SmoothedValue, setup_logger
 from minigpt4.common.optims import build_optimizer
@@ -36,20 +37,6 @@ from minigpt4.runners.run_config import RunConfig, build_run_config, changed_run
 from minigpt4.tasks import setup_task
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``run.device`` (``cuda`` or ``cpu``); ``cuda`` under DDP is this process's GPU."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"run.device {name!r} is not a device; use cuda or cpu.") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"run.device is {name!r} but CUDA is not available; pass --options run.device=cpu.")
-        if device.index is None and dist_utils.is_dist_avail_and_initialized():
-            return torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK
-    return device
 
 
 def prepare_sample(samples, device: torch.device):
@@ -76,7 +63,7 @@ class RunnerBase:
         cfg.pretty_print()
         task = setup_task(cfg, run.task)
         datasets = task.build_datasets(cfg)
-        model = task.build_model(cfg, device=resolve_device(run.device))
+        model = task.build_model(cfg, device=resolve_device(run.device, setting="run.device"))
         return registry.get_runner_class(run.runner)(cfg, task, model, datasets, run=run)
 
     def __init__(self, cfg, task, model, datasets, job_id: str | None = None, run: RunConfig | None = None):
@@ -87,7 +74,7 @@ class RunnerBase:
         self.max_epoch, self.iters_per_epoch = run.max_epoch, run.iters_per_epoch
 
         # placement and DDP wrapping happen once, here
-        self.device = resolve_device(run.device)
+        self.device = resolve_device(run.device, setting="run.device")
         self.unwrapped_model = model.place(self.device) if hasattr(model, "place") else model.to(self.device)
         self.model = self.unwrapped_model
         if run.llm_grad_checkpoint:
