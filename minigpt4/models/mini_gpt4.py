@@ -16,9 +16,9 @@ from timm.layers import LayerNormFp32
 from torch import nn
 
 from minigpt4.common.errors import CheckpointError, ConfigError
-from minigpt4.common.paths import PACKAGE_ROOT, resolve_project_path
+from minigpt4.common.paths import resolve_project_path
 from minigpt4.common.registry import registry
-from minigpt4.constants import BLIP2_FLANT5XXL_URL, EVA_VIT_G_URL, IMAGE_PLACEHOLDER
+from minigpt4.constants import IMAGE_PLACEHOLDER
 from minigpt4.models.config import MiniGPT4Config
 from minigpt4.models.checkpoint import load_weights_file, resolve_weights, strict_load
 from minigpt4.models.compiled import check_compile
@@ -28,6 +28,7 @@ from minigpt4.models.lora import (apply_lora, check_adapters_match, checkpoint_k
                                   saved_lora_config, to_checkpoint_names)
 from minigpt4.models.losses import pc_loss
 from minigpt4.models.precision import apply_storage_, resolve_attention, resolve_precision, summary, weight_dtype
+from minigpt4.models.presets import ModelPresets
 from minigpt4.models.qformer import (
     build_qformer,
     convert_blip2_state_dict,
@@ -50,7 +51,7 @@ def _freeze(module: nn.Module) -> None:
 
 
 @registry.register_model("mini_gpt4")
-class MiniGPT4(nn.Module):
+class MiniGPT4(ModelPresets, nn.Module):
     PRETRAINED_MODEL_CONFIG_DICT = {
         "pretrain_vicuna": "configs/models/minigpt4.yaml",
         "pretrain_vicuna0": "configs/models/minigpt4.yaml",  # the later upstream name of the same preset
@@ -58,16 +59,6 @@ class MiniGPT4(nn.Module):
         "mid": "configs/models/minigpt4_mid.yaml",
     }
     config_class = MiniGPT4Config
-
-    @classmethod
-    def model_types(cls) -> list[str]:
-        return sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)
-
-    @classmethod
-    def default_config_path(cls, model_type: str) -> str:
-        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
-            raise KeyError(f"Unknown model_type {model_type!r}; known model types: {', '.join(cls.model_types())}.")
-        return str(PACKAGE_ROOT / cls.PRETRAINED_MODEL_CONFIG_DICT[model_type])
 
     def __init__(self, config: MiniGPT4Config, device="cpu", load_weights: bool = True):
         super().__init__()
