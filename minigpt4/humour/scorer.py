@@ -20,9 +20,10 @@ import torch
 from PIL import Image
 
 from minigpt4.common.config import Config
+from minigpt4.common.devices import resolve_device
 from minigpt4.common.errors import ConfigError
 from minigpt4.inference.inputs import image_tensor
-from minigpt4.inference.loading import build_for_inference, load_config, resolve_device
+from minigpt4.inference.loading import build_for_inference, load_config
 from minigpt4.models.hic_scorer import HICScorer
 
 logger = logging.getLogger(__name__)
