@@ -197,3 +197,18 @@ def test_4bit_hands_transformers_the_nf4_config(tiny_dir, monkeypatch):
     with pytest.raises(ConfigError, match=r"this run is on the CPU"):
         llm_module.check_quantization("4bit", "cpu")
     assert Path(llama).is_dir()
+
+
+def test_merge_lora_flag_of_caption_and_demo_sets_model_merge_lora():
+    """``--merge-lora`` on caption.py and demo.py is ``--options model.merge_lora=True``."""
+    from minigpt4.cli import caption, demo
+    from minigpt4.inference.loading import load_config, speed_options
+
+    for cli, extra in ((caption, ["--images", "examples/image", "--out", "x.jsonl"]), (demo, [])):
+        args = cli.parse_args(["--cfg-path", str(TINY_RANDOM_EVAL), *extra, "--merge-lora",
+                               "--options", "model.lora.r=4"])
+        cfg = load_config(args.cfg_path, speed_options(args.options, args.precision, args.compile, args.merge_lora))
+        assert cfg.model.merge_lora is True and cfg.model.lora.r == 4
+        args = cli.parse_args(["--cfg-path", str(TINY_RANDOM_EVAL), *extra])
+        assert load_config(args.cfg_path, speed_options(args.options, args.precision, args.compile,
+                                                        args.merge_lora)).model.merge_lora is False

@@ -194,7 +194,7 @@ def caption_run(args, prompts: list[str], out: Path, shard: ShardRun) -> int:
     """Caption this process's share of the images (all of them without sharding) into ``shard.target``."""
     jobs = plan_jobs(args, prompts)
     device = resolve_device(args.device, gpu_id=shard.local_rank)
-    cfg = load_config(args.cfg_path, speed_options(args.options, args.precision, args.compile), device)
+    cfg = load_config(args.cfg_path, speed_options(args.options, args.precision, args.compile, args.merge_lora), device)
     settings = generation_settings(args)
     info = model_info(cfg, device)
     run = RunSettings({**settings.as_dict(), "num_captions": args.num_captions, "seed": args.seed,

@@ -303,7 +303,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device, args.gpu_id)
     torch.manual_seed(args.seed)
     logger.info("Initializing Chat")
-    options = speed_options(args.options, args.precision, args.compile)
+    options = speed_options(args.options, args.precision, args.compile, args.merge_lora)
     model, vis_processor, info = load_for_inference(args.cfg_path, options, device=device)
     chat = Chat(model, vis_processor, device=device)
     warm = chat.warm_up(max_new_tokens=300)

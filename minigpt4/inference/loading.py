@@ -41,11 +41,18 @@ def add_speed_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="model.compile: static KV cache + torch.compile of the decode step (the first "
                              "generation compiles it; greedy ids as without)")
+    parser.add_argument("--merge-lora", action="store_true",
+                        help="model.merge_lora: merge a LoRA checkpoint's adapters into the LLM weights after "
+                             "loading (faster decoding, same greedy output)")
 
 
-def speed_options(options: Sequence[str] | None, precision: str | None = None, compile: bool = False) -> list[str]:
-    """``options`` plus the ``model.precision`` / ``model.compile`` items of ``--precision`` / ``--compile``."""
+def speed_options(options: Sequence[str] | None, precision: str | None = None, compile: bool = False,
+                  merge_lora: bool = False) -> list[str]:
+    """``options`` plus the ``model.precision`` / ``model.compile`` / ``model.merge_lora`` items of
+    ``--precision`` / ``--compile`` / ``--merge-lora``."""
     options = list(options or [])
+    if merge_lora:
+        options.append("model.merge_lora=true")
     if precision:
         options.append(f"model.precision={precision}")
     if compile:
