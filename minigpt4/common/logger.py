@@ -30,8 +30,8 @@ class _CurrentStderr(logging.StreamHandler):
         return sys.stderr
 
     @stream.setter
-    def stream(self, value):  # StreamHandler.__init__ assigns it
-        pass
+    def stream(self, value):
+        """Ignored (``StreamHandler.__init__`` assigns it): records always go to the current stderr."""
 
 
 def console_logging(level=logging.INFO, fmt: str = LOG_FORMAT, force: bool = False) -> None:
