@@ -167,3 +167,38 @@ def interleaved(steps: dict, device, repeats: int) -> dict[str, float]:
 
 def namespace(**kwargs) -> SimpleNamespace:
     return SimpleNamespace(**kwargs)
+
+
+def kernel_profile(rows_list=(1, 8, 80), shape=(2752, 1024), repeats: int = 15, calls: int = 30) -> list[dict]:
+    """What limits decoding on a CPU: one LLM-sized Linear (mid preset's MLP, ``shape`` = out x in) in
+    fp32, bf16 (oneDNN) and int8 weight-only (models/int8.py), microseconds per call and the weight
+    bytes streamed per second, at 1 row (batch-1 decode), 8 (batch-8 decode) and 80 (a prefill);
+    interleaved, medians."""
+    from minigpt4.models.int8 import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(shape[1], shape[0], bias=False).requires_grad_(False)
+    layers = {"fp32": (linear, torch.float32, 4),
+              "bf16": (torch.nn.Linear(shape[1], shape[0], bias=False).requires_grad_(False).bfloat16(),
+                       torch.bfloat16, 2),
+              "int8": (Int8Linear(linear), torch.bfloat16, 1)}
+    out = []
+    with torch.no_grad():
+        for rows in rows_list:
+            inputs = {name: torch.randn(rows, shape[1]).to(dtype) for name, (_, dtype, _) in layers.items()}
+            times: dict[str, list[float]] = {name: [] for name in layers}
+            for _ in range(repeats):
+                for name, (layer, _, _) in layers.items():
+                    x = inputs[name]
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        layer(x)
+                    times[name].append((time.perf_counter() - start) / calls)
+            for name, (_, _, width) in layers.items():
+                sec = statistics.median(times[name])
+                out.append({"rows": rows, "weights": name, "us_per_call": 1e6 * sec,
+                            "weight_GB_per_s": shape[0] * shape[1] * width / sec / 1e9})
+    fp32 = {r["rows"]: r["us_per_call"] for r in out if r["weights"] == "fp32"}
+    for row in out:
+        row["speed_x_vs_fp32"] = fp32[row["rows"]] / row["us_per_call"]
+    return out
