@@ -210,7 +210,11 @@ decoding) measured in the same run, interleaved: `*_x` of a time (encode, ttft) 
 speed (decode, caption_b8) above 1 is faster. `compile_s`: warm-up that compiles the decode step (batch 1
 and batch 8), not in the timings. `rel_l2_vs_fp32`: relative L2 distance of `inputs_llama` to fp32's
 (contract: < 2e-2 for bf16); `same_caption_vs_fp32`: share of greedy captions identical to fp32's;
-`same_ids_vs_eager`: compiled greedy ids identical to the same precision's eager path. Training rows: one
+`same_ids_vs_uncompiled`: share of a compiled mode's greedy ids identical to the same static-cache decoding
+run uncompiled (what `torch.compile` changes: nothing); `same_ids_vs_eager`: identical to the same
+precision's default eager path (dynamic cache): in bf16/int8 the static cache's padded length changes
+the order of the attention kernel's fp32 sums, which flips near-tied picks of the random weights (fp32:
+identical). Training rows: one
 stage-2 step (forward, backward, AdamW on `llama_proj`) at batch 4; `bf16-autocast` is `run.amp: True`,
 `run.amp_dtype: bfloat16` on the fp32 weights; `bf16-stored` is `model.precision: bf16` (frozen parts
 stored in bf16, `llama_proj` fp32, no autocast)."""

@@ -7,6 +7,13 @@ before the timed work so that its cost is reported apart. Recompiles stay bounde
 is rounded up to a multiple of :data:`CACHE_BUCKET` tokens and transformers keeps the largest length
 it has seen, so prompts of any length up to that share one compiled step; a new batch size compiles
 once more (dynamo then makes that dimension dynamic).
+
+Exactness: the compiled step rounds as eager does (:data:`EXACT_CASTS`), so its greedy ids are
+identical to the same static-cache decoding run uncompiled in every precision, and in fp32 identical
+to the default eager path (dynamic cache). In bf16/int8 the static cache itself can part from the
+dynamic one: attention over the padded cache length sums in another order (a bf16 ulp here and there),
+which flips a greedy pick only at a near tie (tests/test_compile.py; the shares are in
+benchmarks/results/bench_model.md).
 """
 
 from __future__ import annotations
@@ -65,15 +72,23 @@ def cache_length(context_len: int, max_new_tokens: int) -> int:
     return CACHE_BUCKET * max(1, math.ceil((context_len + max_new_tokens) / CACHE_BUCKET))
 
 
+# Inductor fuses chains of pointwise ops and keeps their intermediates in fp32, where eager rounds each
+# one to the tensor's dtype (bf16, fp16): with near-tied logits that flips a greedy pick. Rounding as
+# eager does keeps compiled greedy ids identical to the eager path in every precision (tested on CPU);
+# in fp32 it changes nothing.
+EXACT_CASTS = {"emulate_precision_casts": True}
+
+
 def compile_config(device):
-    """transformers' ``CompileConfig``: its default (CUDA graphs, "reduce-overhead") on CUDA; on the CPU
-    inductor's default mode, with the flag that lets ``generate`` compile on any device."""
+    """transformers' ``CompileConfig`` for ``device``: CUDA graphs on CUDA (what its default mode,
+    "reduce-overhead", turns on), inductor's default elsewhere with the flag that lets ``generate``
+    compile on any device; both with :data:`EXACT_CASTS`."""
     from transformers import CompileConfig
 
     device = torch.device(device)
     if device.type == "cuda":
-        return CompileConfig()
-    config = CompileConfig(mode="default")
+        return CompileConfig(mode=None, options={"triton.cudagraphs": True, **EXACT_CASTS})
+    config = CompileConfig(mode=None, options=dict(EXACT_CASTS))
     config._compile_all_devices = True
     return config
 
