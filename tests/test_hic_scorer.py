@@ -176,7 +176,7 @@ def test_tokenizer_is_bert_wordpiece_with_dec_added(tiny_dir, tmp_path):
 
 
 def test_missing_tokenizer_folder_names_the_key_and_the_fix(tiny_dir, tmp_path):
-    with pytest.raises(ConfigError, match=r"model\.bert_tokenizer.*does not exist"):
+    with pytest.raises(ConfigError, match=r"model\.bert_tokenizer.*does not exist.*bert-base-uncased.*docs/HUMOUR\.md"):
         make_config(TINY_EVAL, [f"model.bert_tokenizer={tmp_path / 'nope'}"])
     cfg = make_config(TINY_EVAL, [f"model.bert_tokenizer={tmp_path / 'nope'}"], check_paths=False)
     with pytest.raises(ConfigError, match=r"model\.bert_tokenizer.*bert-base-uncased.*set model\.bert_tokenizer"):

@@ -208,6 +208,17 @@ def test_low_resource_without_gpu_is_a_clear_error(tiny_dir, monkeypatch):
         build(["model.low_resource=True"])
 
 
+
+def test_low_resource_for_a_cpu_run_is_switched_off_in_both_views(tiny_dir, caplog):
+    """caption.py/demo.py on the CPU: the 8-bit LLM is dropped with a notice, and the typed section the
+    model is built from says so as well as the raw node."""
+    from minigpt4.inference.loading import load_config
+
+    with caplog.at_level("WARNING"):
+        cfg = load_config(TINY_RANDOM_EVAL, ["model.low_resource=True"], torch.device("cpu"))
+    assert cfg.model.low_resource is False and cfg.model_cfg.low_resource is False
+    assert any("low_resource" in r.getMessage() and "unquantised" in r.getMessage() for r in caplog.records)
+
 # -- freezing and the released architecture ------------------------------------------------------------
 def test_freezing_survives_train_mode(tiny_model):
     model = tiny_model

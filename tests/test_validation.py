@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, TINY_RANDOM_EVAL, make_config
 from research_helpers import TINY_PC, run_tiny, small_hic, trained_tensors
 
-from minigpt4.cli.caption import DEFAULT_PROMPT
+from minigpt4.constants import DEFAULT_PROMPT
 from minigpt4.common.errors import ConfigError
 from minigpt4.datasets.datasets.hic_eval_dataset import HICEvalDataset
 from minigpt4.inference.batch import BatchCaptioner, GenerationSettings

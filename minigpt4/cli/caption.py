@@ -36,7 +36,7 @@ from minigpt4.cli.errors import add_debug_flag, run_cli
 from minigpt4.common.config import parse_options
 from minigpt4.common.errors import ConfigError, DatasetError
 from minigpt4.common.logger import console_logging
-from minigpt4.constants import IMAGE_MESSAGE
+from minigpt4.constants import DEFAULT_PROMPT, IMAGE_MESSAGE
 from minigpt4.humour.rerank import Reranker, add_rerank_arguments, check_rerank_args
 from minigpt4.inference.batch import BatchCaptioner, GenerationSettings, check_num_captions
 from minigpt4.inference.inputs import list_images, open_image, read_prompt_file, strip_image_message
@@ -45,7 +45,6 @@ from minigpt4.inference.loading import (add_speed_flags, build_for_inference, lo
 from minigpt4.inference.records import CaptionRecord, CaptionWriter, RunSettings, check_output_file, image_key
 from minigpt4.inference.shards import ShardRun, parse_shard
 
-DEFAULT_PROMPT = "Could you write a funny caption of this image for me?"
 logger = logging.getLogger("caption")
 
 

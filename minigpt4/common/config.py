@@ -169,16 +169,20 @@ class Config:
 
     def check_model_paths(self) -> None:
         """Fail early when a weight path is still a placeholder or does not exist."""
-        for key, url_ok in self.model_class.config_class.PATH_KEYS.items():
+        config_class = self.model_class.config_class
+        hints = getattr(config_class, "PATH_HINTS", {})  # what a key points at, where its docs differ
+        for key, url_ok in config_class.PATH_KEYS.items():
             value = getattr(self.model, key)
             if not value or (url_ok and is_url(value)):
                 continue
             full = f"model.{key}"
             fix = f"set {full} in {self.origin(full)} or pass --options {full}=/your/path"
+            see = f" ({hints[key]})" if key in hints else ". See README.md, 'Weights'"
             if str(value).startswith(PLACEHOLDER_PREFIX):
-                raise ConfigError(f"{full} is still the placeholder {value!r} (from {self.origin(full)}): {fix}. See README.md, 'Weights'.")
+                raise ConfigError(f"{full} is still the placeholder {value!r} (from {self.origin(full)}): {fix}{see}.")
             if not os.path.exists(os.path.expanduser(str(value))):
-                raise ConfigError(f"{full} = {value!r} (from {self.origin(full)}) does not exist: {fix}.")
+                raise ConfigError(f"{full} = {value!r} (from {self.origin(full)}) does not exist: {fix}"
+                                  f"{see if key in hints else ''}.")
 
     # -- accessors (original names) ---------------------------------------------------------
     @property

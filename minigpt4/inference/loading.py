@@ -83,7 +83,8 @@ def load_config(cfg_path: str, options: Sequence[str] | None = None, device: tor
     if (device is None or device.type != "cuda") and cfg.model_cfg.get("low_resource", False):
         logger.warning("model.low_resource (8-bit LLM) needs CUDA; running on %s with the LLM unquantised "
                        "instead.", device or "cpu")
-        cfg.model_cfg.low_resource = False
+        # read again with the override, so the typed sections (cfg.model) agree with the node
+        cfg = Config(argparse.Namespace(cfg_path=str(cfg_path), options=options + ["model.low_resource=False"]))
     check_speed_settings(cfg, device)
     return cfg
 

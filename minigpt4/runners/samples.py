@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from minigpt4.cli.caption import DEFAULT_PROMPT
+from minigpt4.constants import DEFAULT_PROMPT
 from minigpt4.common.atomic import atomic_write_text
 from minigpt4.common.errors import ConfigError
 from minigpt4.inference.batch import BatchCaptioner, GenerationSettings
