@@ -47,3 +47,21 @@ def tiny_model(tiny_dir):
     model = registry.get_model_class("mini_gpt4").from_config(cfg.model_cfg, device="cpu")
     model.eval()
     return model
+
+
+@pytest.fixture
+def evaluate_error(capsys):
+    """Run evaluate.py's console entry point on ``argv``: it must stop with exit code 2 and one ``error:``
+    line, no traceback; returns that line."""
+    from minigpt4.cli import evaluate
+
+    def run(argv) -> str:
+        with pytest.raises(SystemExit) as stop:
+            evaluate.cli(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2, err
+        lines = err.strip().splitlines()
+        assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
+        return lines[-1]
+
+    return run

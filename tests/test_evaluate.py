@@ -89,7 +89,7 @@ def test_hand_checked_scores(tmp_path):
     assert result.metrics["length"]["generated"]["max"] == 11
 
 
-def test_cli_report(tmp_path, cli_error):
+def test_cli_report(tmp_path, evaluate_error):
     from PIL import Image
 
     Image.new("RGB", (32, 32), "orange").save(tmp_path / "cat.jpg")
@@ -113,34 +113,18 @@ def test_cli_report(tmp_path, cli_error):
     assert "a dog wearing sunglasses" in page and "src='../cat.jpg'" in page and "ghost" in page
 
     # --strict refuses captions without references.
-    assert "no reference" in cli_error(["--captions", str(tmp_path / "c.jsonl"), "--references",
+    assert "no reference" in evaluate_error(["--captions", str(tmp_path / "c.jsonl"), "--references",
                                         str(tmp_path / "test.json"), "--out", str(out), "--strict"])
 
 
-@pytest.fixture
-def cli_error(capsys):
-    """Run the console entry point: it must stop with exit code 2 and one ``error:`` line, no traceback."""
-
-    def run(argv) -> str:
-        with pytest.raises(SystemExit) as stop:
-            evaluate_script.cli(argv)
-        err = capsys.readouterr().err
-        assert stop.value.code == 2, err
-        lines = err.strip().splitlines()
-        assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
-        return lines[-1]
-
-    return run
-
-
-def test_clear_errors(tmp_path, cli_error):
+def test_clear_errors(tmp_path, evaluate_error):
     refs = write_test_split(tmp_path / "test.json")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     out = ["--references", str(refs), "--out", str(tmp_path / "r")]
-    assert "empty" in cli_error(["--captions", str(empty), *out])
+    assert "empty" in evaluate_error(["--captions", str(empty), *out])
     other = write_captions(tmp_path / "other.jsonl", [{"image_id": "nope", "caption": "hi"}])
-    assert "None of the 1 captions has a reference" in cli_error(["--captions", str(other), *out])
+    assert "None of the 1 captions has a reference" in evaluate_error(["--captions", str(other), *out])
 
     bad = tmp_path / "bad.jsonl"  # a bad line before the last is not an interrupted write
     bad.write_text('{"image_id": "cat", "caption": "ok"}\n{not json\n{"image_id": "dog", "caption": "ok"}\n')
@@ -156,7 +140,7 @@ def test_clear_errors(tmp_path, cli_error):
         evaluate([Candidate("cat", "a cat"), Candidate("ghost", "x")], load_references(refs), strict=True)
 
 
-def test_duplicates_count_once(tmp_path, cli_error):
+def test_duplicates_count_once(tmp_path, evaluate_error):
     rows = caption_rows()
     rows.insert(1, dict(rows[0], caption="a second copy of the first line"))  # same image_id, prompt, caption_index
     rows.append(dict(rows[2], caption_index=1, caption="strong coffee again"))  # another index: not a duplicate
@@ -172,11 +156,11 @@ def test_duplicates_count_once(tmp_path, cli_error):
     per_image = [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
     assert [r["caption"] for r in per_image if r["image_id"] == "cat"] == [rows[0]["caption"]]  # the first kept
     assert "repeated caption line" in (out / "index.html").read_text()
-    assert "repeats 1 caption line" in cli_error(["--captions", str(captions), "--references", str(refs),
+    assert "repeats 1 caption line" in evaluate_error(["--captions", str(captions), "--references", str(refs),
                                                   "--out", str(out), "--strict"])
 
 
-def test_torn_last_line_and_bad_values(tmp_path, cli_error):
+def test_torn_last_line_and_bad_values(tmp_path, evaluate_error):
     refs = write_test_split(tmp_path / "test.json")
     out = tmp_path / "report"
     torn = tmp_path / "torn.jsonl"
@@ -184,24 +168,24 @@ def test_torn_last_line_and_bad_values(tmp_path, cli_error):
     assert evaluate_script.main(["--captions", str(torn), "--references", str(refs), "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_captions"] == 3 and metrics["captions_file"]["torn_last_line"] == 4
-    assert "line 4" in cli_error(["--captions", str(torn), "--references", str(refs), "--out", str(out), "--strict"])
+    assert "line 4" in evaluate_error(["--captions", str(torn), "--references", str(refs), "--out", str(out), "--strict"])
 
     def bad(name: str, text: bytes) -> list[str]:
         (tmp_path / name).write_bytes(text)
         return ["--captions", str(tmp_path / name), "--references", str(refs), "--out", str(out)]
 
     good = json.dumps(caption_rows()[0]).encode()
-    assert "line 1: caption_index must be a whole number" in cli_error(
+    assert "line 1: caption_index must be a whole number" in evaluate_error(
         bad("x.jsonl", b'{"image_id": "cat", "caption": "a", "caption_index": "x"}\n' + good + b"\n"))
-    assert "caption_index must be a whole number >= 0; got nan" in cli_error(
+    assert "caption_index must be a whole number >= 0; got nan" in evaluate_error(
         bad("nan.jsonl", b'{"image_id": "cat", "caption": "a", "caption_index": NaN}\n' + good + b"\n"))
-    assert "line 1: not UTF-8" in cli_error(bad("latin1.jsonl", '{"image_id": "café", "caption": "a"}\n'.encode(
+    assert "line 1: not UTF-8" in evaluate_error(bad("latin1.jsonl", '{"image_id": "café", "caption": "a"}\n'.encode(
         "latin-1") + good + b"\n"))
     (tmp_path / "a_file").write_text("x")
     args = ["--captions", str(write_captions(tmp_path / "c.jsonl", caption_rows())), "--references", str(refs)]
-    assert "is a file" in cli_error([*args, "--out", str(tmp_path / "a_file")])
-    assert "--self-bleu-sample must be 0 or more" in cli_error([*args, "--out", str(out), "--self-bleu-sample", "-1"])
-    assert "--gallery-size must be 0 or more" in cli_error([*args, "--out", str(out), "--gallery-size", "-1"])
+    assert "is a file" in evaluate_error([*args, "--out", str(tmp_path / "a_file")])
+    assert "--self-bleu-sample must be 0 or more" in evaluate_error([*args, "--out", str(out), "--self-bleu-sample", "-1"])
+    assert "--gallery-size must be 0 or more" in evaluate_error([*args, "--out", str(out), "--gallery-size", "-1"])
 
 
 def test_self_bleu_sample_zero_is_not_computed(tmp_path):

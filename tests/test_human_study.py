@@ -198,20 +198,7 @@ def test_several_raters_agreement_and_pooled_win_rate(study_inputs, tmp_path):
     assert ann["win_rate"] == pytest.approx(np.mean([{"win": 1, "tie": 0.5, "loss": 0}[o] for o in frames["ann"].values()]))
 
 
-@pytest.fixture
-def cli_error(capsys):
-    def run(argv) -> str:
-        with pytest.raises(SystemExit) as stop:
-            evaluate.cli(argv)
-        err = capsys.readouterr().err
-        assert stop.value.code == 2, err
-        assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
-        return err.strip().splitlines()[-1]
-
-    return run
-
-
-def test_bad_answers_and_study_input_are_named_errors(study_inputs, tmp_path, cli_error):
+def test_bad_answers_and_study_input_are_named_errors(study_inputs, tmp_path, evaluate_error):
     data, captions, _, _ = study_inputs
     study = tmp_path / "s"
     key = make_study(study_inputs, study, 3)
@@ -223,15 +210,15 @@ def test_bad_answers_and_study_input_are_named_errors(study_inputs, tmp_path, cl
 
     good = {"study_id": key["study_id"], "rater": "ann", "answers": {first: "A"}}
     run = ["--study", str(study)]
-    assert "answers study 'other'" in cli_error(["--human-results", answers("a.json", {**good, "study_id": "other"}), *run])
-    assert "does not hold: q999" in cli_error(["--human-results", answers("b.json", {**good, "answers": {"q999": "A"}}), *run])
-    assert "expected one of A, B, tie" in cli_error(["--human-results", answers("c.json", {**good, "answers": {first: "C"}}), *run])
-    assert "not JSON" in cli_error(["--human-results", answers("d.json", "{oops"), *run])
+    assert "answers study 'other'" in evaluate_error(["--human-results", answers("a.json", {**good, "study_id": "other"}), *run])
+    assert "does not hold: q999" in evaluate_error(["--human-results", answers("b.json", {**good, "answers": {"q999": "A"}}), *run])
+    assert "expected one of A, B, tie" in evaluate_error(["--human-results", answers("c.json", {**good, "answers": {first: "C"}}), *run])
+    assert "not JSON" in evaluate_error(["--human-results", answers("d.json", "{oops"), *run])
     twice = answers("e.json", good)
-    assert "Two answers files come from rater 'ann'" in cli_error(["--human-results", twice, twice, *run])
-    assert "holds no key.json" in cli_error(["--human-results", twice, "--study", str(tmp_path)])
-    assert "needs --study" in cli_error(["--human-results", twice])
+    assert "Two answers files come from rater 'ann'" in evaluate_error(["--human-results", twice, twice, *run])
+    assert "holds no key.json" in evaluate_error(["--human-results", twice, "--study", str(tmp_path)])
+    assert "needs --study" in evaluate_error(["--human-results", twice])
     assert not (study / "results.json").exists()  # nothing written by a failed scoring
-    assert "needs --data-dir" in cli_error(["--human-study", "3", "--captions", str(captions), "--out", str(tmp_path / "x")])
-    assert "1 or more" in cli_error(["--human-study", "0", "--captions", str(captions), "--data-dir", str(data),
+    assert "needs --data-dir" in evaluate_error(["--human-study", "3", "--captions", str(captions), "--out", str(tmp_path / "x")])
+    assert "1 or more" in evaluate_error(["--human-study", "0", "--captions", str(captions), "--data-dir", str(data),
                                      "--out", str(tmp_path / "x")])

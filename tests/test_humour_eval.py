@@ -370,38 +370,25 @@ def test_bad_lines_are_counted_and_outside_images_listed(humour_run):
     assert metrics["settings"]["bootstrap"] == 300 and metrics["inputs"]["captions"]["sha256"] == sha256(humour_run.base)
 
 
-@pytest.fixture
-def cli_error(capsys):
-    def run(argv) -> str:
-        with pytest.raises(SystemExit) as stop:
-            evaluate.cli(argv)
-        err = capsys.readouterr().err
-        assert stop.value.code == 2, err
-        assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
-        return err.strip().splitlines()[-1]
-
-    return run
-
-
-def test_bad_input_is_a_named_error_and_writes_nothing(humour_run, tmp_path, cli_error):
+def test_bad_input_is_a_named_error_and_writes_nothing(humour_run, tmp_path, evaluate_error):
     run = humour_run
     rows = generated_rows(run.data, 0)
     out = tmp_path / "r"
     dup = write_rows(tmp_path / "dup.jsonl", rows + [dict(rows[4], prompt="another prompt")])
-    assert "(image_id, caption_index) pair(s) more than once (img0049 #1)" in cli_error(
+    assert "(image_id, caption_index) pair(s) more than once (img0049 #1)" in evaluate_error(
         ["--captions", str(dup), *run.options, "--out", str(out)])
     (tmp_path / "empty.jsonl").write_text("")
-    assert "empty" in cli_error(["--captions", str(tmp_path / "empty.jsonl"), *run.options, "--out", str(out)])
+    assert "empty" in evaluate_error(["--captions", str(tmp_path / "empty.jsonl"), *run.options, "--out", str(out)])
     not_a_scorer = ["--data-dir", str(run.data), "--scorer-cfg", str(TINY_RANDOM_EVAL), "--device", "cpu"]
-    assert "is not a humour scorer config" in cli_error(["--captions", str(run.base), *not_a_scorer, "--out", str(out)])
+    assert "is not a humour scorer config" in evaluate_error(["--captions", str(run.base), *not_a_scorer, "--out", str(out)])
     missing = ["--data-dir", str(run.data), "--scorer-cfg", str(tmp_path / "nope.yaml")]
-    assert "nope.yaml" in cli_error(["--captions", str(run.base), *missing, "--out", str(out)])
-    assert "--scorer-cfg needs --data-dir" in cli_error(["--captions", str(run.base), "--references",
+    assert "nope.yaml" in evaluate_error(["--captions", str(run.base), *missing, "--out", str(out)])
+    assert "--scorer-cfg needs --data-dir" in evaluate_error(["--captions", str(run.base), "--references",
                                                         str(run.data / "test.json"), "--scorer-cfg", str(SCORER_EVAL),
                                                         "--out", str(out)])
     outside = write_rows(tmp_path / "outside.jsonl", [rows[-2]])
-    assert "None of the images captioned" in cli_error(["--captions", str(outside), *run.options, "--out", str(out)])
-    assert "--labels gives 1 label(s) for 2" in cli_error(["--captions", str(run.base), str(run.ft), "--labels", "x",
+    assert "None of the images captioned" in evaluate_error(["--captions", str(outside), *run.options, "--out", str(out)])
+    assert "--labels gives 1 label(s) for 2" in evaluate_error(["--captions", str(run.base), str(run.ft), "--labels", "x",
                                                            *run.options, "--out", str(out)])
     assert not any(out.rglob("*.*"))  # no report file from any of these
 

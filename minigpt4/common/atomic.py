@@ -5,6 +5,7 @@ temporary file and leaves any earlier version of the target as it was."""
 from __future__ import annotations
 
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -30,3 +31,13 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 def atomic_write_text(path, text: str, encoding: str = "utf-8") -> None:
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def ensure_writable_dir(folder) -> Path:
+    """Make ``folder`` (and its parents) and prove a file can be created in it, before any work whose
+    output would go there; raises :class:`OSError` when it cannot."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+    return folder

@@ -10,11 +10,10 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from minigpt4.common.atomic import atomic_write_bytes, atomic_write_text
+from minigpt4.common.atomic import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from minigpt4.common.errors import EvaluationError
 from minigpt4.common.plots import new_figure, png_bytes
 from minigpt4.evaluation.captions import METRIC_NAMES, EvaluationResult, tokenize
@@ -140,9 +139,7 @@ def check_report_dir(out_dir) -> Path:
     if out_dir.exists() and not out_dir.is_dir():
         raise EvaluationError(f"--out {out_dir} is a file; --out names the report folder (e.g. runs/report/).")
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out_dir):
-            pass
+        ensure_writable_dir(out_dir)
     except OSError as err:
         raise EvaluationError(f"--out {out_dir} cannot be written ({err.strerror or err}).") from err
     return out_dir

@@ -17,11 +17,10 @@ import dataclasses
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from minigpt4.common.atomic import atomic_write_bytes
+from minigpt4.common.atomic import atomic_write_bytes, ensure_writable_dir
 from minigpt4.common.errors import ConfigError, EvaluationError
 
 # The ``model`` fields that say which model wrote a caption (its device does not matter).
@@ -277,9 +276,7 @@ def check_output_file(out: Path, flag: str = "--out") -> None:
     if out.is_dir():
         raise ConfigError(f"{flag} {out} is a folder; name a file, e.g. {out / 'captions.jsonl'}.")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
+        ensure_writable_dir(out.parent)
         if out.exists():
             with out.open("ab"):
                 pass
