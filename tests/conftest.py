@@ -3,6 +3,7 @@ machine), the golden fixtures, and a built tiny model."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -65,3 +66,18 @@ def evaluate_error(capsys):
         return lines[-1]
 
     return run
+
+
+@pytest.fixture
+def log_handlers():
+    """A CLI's logging.basicConfig binds a handler to the sys.stderr of the moment (under capsys, a stream
+    closed after the test): drop such stale handlers first, and the handlers a test added after it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            root.removeHandler(handler)
+    before = list(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if handler not in before:
+            root.removeHandler(handler)

@@ -5,7 +5,6 @@ evaluate.py --human-results scores them (win rate with a Wilson interval, rater 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import re
@@ -23,19 +22,7 @@ from minigpt4.humour.scenario import write_scenario
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(autouse=True)
-def log_handlers():
-    """The CLIs' logging.basicConfig binds a handler to the sys.stderr of the moment (under capsys, a
-    stream closed after the test): drop such stale handlers first, and the handlers a test added after it."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
-            root.removeHandler(handler)
-    before = list(root.handlers)
-    yield
-    for handler in list(root.handlers):
-        if handler not in before:
-            root.removeHandler(handler)
+pytestmark = pytest.mark.usefixtures("log_handlers")  # conftest: no stale stderr handler
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import math
 import random
 import re
@@ -32,19 +31,7 @@ from minigpt4.humour.scenario import FUNNY, PLAIN, write_scenario
 SCORER_EVAL = ROOT / "eval_configs" / "hic_scorer_tiny_eval.yaml"
 
 
-@pytest.fixture(autouse=True)
-def log_handlers():
-    """The CLIs' logging.basicConfig binds a handler to the sys.stderr of the moment (under capsys, a
-    stream closed after the test): drop such stale handlers first, and the handlers a test added after it."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
-            root.removeHandler(handler)
-    before = list(root.handlers)
-    yield
-    for handler in list(root.handlers):
-        if handler not in before:
-            root.removeHandler(handler)
+pytestmark = pytest.mark.usefixtures("log_handlers")  # conftest: no stale stderr handler
 
 
 # -- the bootstrap ------------------------------------------------------------------------------------
