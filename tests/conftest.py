@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -81,3 +82,15 @@ def log_handlers():
     for handler in list(root.handlers):
         if handler not in before:
             root.removeHandler(handler)
+
+
+def require_chromium() -> str:
+    """The Chromium binary a browser test drives (CHROMIUM_PATH, else chromium on PATH). Missing: a
+    skip on a developer's machine, a failure under CI (.ci/run installs it, so absence there is a bug)."""
+    found = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if found and Path(found).is_file():
+        return found
+    message = "needs Chromium on PATH (apt-get install -y chromium) or CHROMIUM_PATH"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)

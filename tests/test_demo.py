@@ -4,7 +4,6 @@ Chromium (Playwright) and by gradio_client (two concurrent sessions)."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CFG = ROOT / "tests" / "fixtures" / "minigpt4_tiny_random_eval.yaml"  # random weights (conftest.TINY_RANDOM_EVAL)
-CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 EXAMPLE = ROOT / "examples" / "image" / "coffee.jpg"
 
 
@@ -191,11 +191,7 @@ def _close_toasts(page) -> None:
 @pytest.mark.slow
 def test_browser_chat_flow(demo_url, tmp_path):
     """Acceptance 2: upload, start, humour prompt, streamed answer, restart; errors shown, app keeps serving."""
-    if not CHROMIUM or not Path(CHROMIUM).is_file():
-        message = "needs Chromium on PATH (apt-get install -y chromium) or CHROMIUM_PATH"
-        if os.environ.get("CI"):  # .ci/run installs it: missing there is a failure, not a skip
-            pytest.fail(message)
-        pytest.skip(message)
+    chromium = require_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     not_image = tmp_path / "notes.jpg"  # an image name, text inside: passes the browser, refused by the server
@@ -203,7 +199,7 @@ def test_browser_chat_flow(demo_url, tmp_path):
     photo = example_image(tmp_path)
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
             page.goto(demo_url)
