@@ -36,15 +36,9 @@ from minigpt4.inference.batch import BatchCaptioner, GenerationSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import RESULTS, build_preset, build_real_size_random, write_results  # noqa: E402
+from bench_modes import NEVER, PROMPT, sync  # noqa: E402
 
-PROMPT = "Could you write a funny caption of this image for me?"
-NEVER = [[-1]]  # a stop sequence no generated id can match
 SCORER_EVAL = Path(__file__).resolve().parents[1] / "eval_configs" / "hic_scorer_tiny_eval.yaml"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(model, device: str, n_images: int, new_tokens: int, batch_sizes) -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import platform
 import resource
 import sys
@@ -42,6 +41,7 @@ from bench_modes import (chat_answer, clock, exact, interleaved, pixels, trainin
                          warm_up)
 from bench_modes import NEVER, PROMPT  # noqa: E402
 
+from minigpt4.common.atomic import atomic_write_text  # noqa: E402
 from minigpt4.conversation.conversation import Chat  # noqa: E402
 from minigpt4.inference.batch import BatchCaptioner  # noqa: E402
 
@@ -106,10 +106,7 @@ class Run:
 
     def save(self):
         self.result["meta"]["wall_s"] = round(time.time() - self.start, 1)
-        path = self.out / "bench_gpu.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.result, indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(self.out / "bench_gpu.json", json.dumps(self.result, indent=2) + "\n")
 
 
 def meta(args) -> dict:

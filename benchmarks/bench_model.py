@@ -48,23 +48,6 @@ VICUNA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidd
              "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "tie_word_embeddings": False}
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def build_preset(preset: str, device: str, precision: str | None = None, compile: bool = False,
                  with_processor: bool = False):
     """The tiny eval config with another size preset (its generated weights), through the inference

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 
 from minigpt4.common.optims import build_optimizer
+from minigpt4.constants import DEFAULT_PROMPT, IMAGE_MESSAGE
 from minigpt4.conversation.conversation import CONV_VISION, Chat
 from minigpt4.inference.batch import BatchCaptioner, GenerationSettings
 
-PROMPT = "Could you write a funny caption of this image for me?"
-TRAIN_PROMPT = "###Human: <Img><ImageHere></Img> Describe this image in a funny way. ###Assistant: "
+PROMPT = DEFAULT_PROMPT
+TRAIN_PROMPT = f"###Human: {IMAGE_MESSAGE} Describe this image in a funny way. ###Assistant: "
 CAPTION = "When your office has a great view but the commute is literally out of this world."
 NEVER = [[-1]]  # a stop sequence no generated id matches: every answer is exactly as long as asked
 SKIMAGE = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "horse", "clock")
@@ -169,10 +169,6 @@ def interleaved(steps: dict, device, repeats: int) -> dict[str, float]:
         for name, fn in steps.items():
             times[name].append(clock(fn, device))
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def namespace(**kwargs) -> SimpleNamespace:
-    return SimpleNamespace(**kwargs)
 
 
 def kernel_profile(rows_list=(1, 8, 80), shape=(2752, 1024), repeats: int = 15, calls: int = 30) -> list[dict]:

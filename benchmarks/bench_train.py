@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_model  # noqa: E402
 from bench_model import build_real_size_random  # noqa: E402
+from bench_modes import CAPTION  # noqa: E402
 
 import minigpt4.runners  # noqa: E402,F401  (registers the runner and the LR schedulers)
 from minigpt4.common.config import Config  # noqa: E402
@@ -58,8 +59,6 @@ from minigpt4.runners.run_config import build_run_config  # noqa: E402
 
 STAGE2 = ROOT / "train_configs" / "minigpt4_stage2_finetune.yaml"
 TINY_EVAL = ROOT / "eval_configs" / "minigpt4_tiny_eval.yaml"
-CAPTION = "When your office has a great view but the commute is literally out of this world."
-PROMPT = "###Human: <Img><ImageHere></Img> Describe this image in a funny way. ###Assistant: "
 CPU_MODES = ("plain", "lora", "pc", "bf16", "grad_ckpt")
 LORA = LoRAConfig(r=16, alpha=32, dropout=0.05, target_modules=["q_proj", "v_proj"])
 

@@ -83,7 +83,7 @@ FLAGS = {
         ("--max-bytes", _positive_int, "reject larger responses"),
         ("--jpeg-quality", int, "quality of the saved JPEGs"),
         ("--fsync", "fsync each image before renaming (power-loss safety)"),
-        ("--allow-private-redirects", bool,
+        ("--allow-private-redirects",
          "follow redirects from a public host to a loopback/private address (refused by default)"),
     )),
     SelectOptions: ("select (caption cleaning and ranking)", (
