@@ -18,7 +18,7 @@ from pathlib import Path
 from minigpt4.common.config import parse_options
 from minigpt4.common.errors import ConfigError
 from minigpt4.datasets.hic_format import SPLIT_FILES
-from minigpt4.evaluation.captions import load_references
+from minigpt4.evaluation.captions import as_references, load_references
 from minigpt4.evaluation.human_study import build_study, score_answers
 from minigpt4.evaluation.humour_eval import HumourEvaluator, TestSplit
 from minigpt4.evaluation.humour_report import write_comparison, write_run_report
@@ -107,8 +107,8 @@ def run_evaluation(args) -> list:
     out = check_report_dir(args.out)
     data_dir = Path(args.data_dir) if args.data_dir else None
     captions = [read_captions(p, args.strict, with_data_dir=data_dir is not None) for p in paths]
-    references = load_references(args.references or data_dir / SPLIT_FILES["test"])
-    split = TestSplit.load(data_dir) if data_dir else None
+    split = TestSplit.load(data_dir) if data_dir else None  # test.json read once: also the default references
+    references = load_references(args.references) if args.references else as_references(split.references)
     scorer = HumourScorer.from_config(args.scorer_cfg, args.options, args.device) if args.scorer_cfg else None
     evaluator = HumourEvaluator(scorer, split, args.batch_size, args.seed) if scorer else None
     index = CopyIndex(split.train_captions) if split else None

@@ -14,7 +14,7 @@ from minigpt4.evaluation.metrics import METRIC_NAMES, diversity, length_stats, r
 from minigpt4.inference.records import read_caption_file
 
 __all__ = ["METRIC_NAMES", "Candidate", "CaptionSet", "EvaluationError", "EvaluationResult", "Reference",
-           "evaluate", "load_captions", "load_references", "tokenize"]
+           "as_references", "evaluate", "load_captions", "load_references", "tokenize"]
 logger = logging.getLogger(__name__)
 
 
@@ -65,10 +65,14 @@ def load_references(path) -> dict[str, list[Reference]]:
     its ``selected.jsonl`` (JSON lines), or the ``cc_sbu_align`` layout (``{"annotations": [{"image_id",
     "caption", "funny_score"?}]}``, grouped by ``image_id``). NaN/inf scores are dropped with a warning."""
     try:
-        refs = read_references(path)
+        return as_references(read_references(path))
     except DatasetError as err:
         raise EvaluationError(str(err)) from None
-    return {image_id: [Reference(c.caption, c.funny_score) for c in caps] for image_id, caps in refs.items()}
+
+
+def as_references(captions: dict[str, list]) -> dict[str, list[Reference]]:
+    """``image_id -> [Reference]`` of already read human captions (``caption``, ``funny_score``)."""
+    return {image_id: [Reference(c.caption, c.funny_score) for c in caps] for image_id, caps in captions.items()}
 
 
 def load_captions(path, strict: bool = False) -> CaptionSet:

@@ -23,12 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from minigpt4.evaluation.bootstrap import mean_ci
+from minigpt4.humour.metrics import half_win
 
 PASS_KS = (1, 3, 5)
-
-
-def half_win(a: float, b: float) -> float:
-    return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
 def percentile(score: float, human_scores: list[float]) -> float:

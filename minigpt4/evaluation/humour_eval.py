@@ -26,9 +26,9 @@ from minigpt4.datasets.hic_format import SPLIT_FILES, image_path, read_split
 from minigpt4.datasets.hic_pairs import PairOptions
 from minigpt4.evaluation.bootstrap import mean_ci
 from minigpt4.evaluation.captions import Candidate
-from minigpt4.evaluation.humour import PASS_KS, HumanCaption, caption_numbers, half_win, humour_summary, image_numbers
+from minigpt4.evaluation.humour import PASS_KS, HumanCaption, caption_numbers, humour_summary, image_numbers
 from minigpt4.evaluation.originality import CopyIndex, has_repeated_trigram, image_originality, top_caption_share
-from minigpt4.humour.metrics import ranking_numbers
+from minigpt4.humour.metrics import half_win, ranking_numbers
 from minigpt4.humour.scorer import HumourScorer, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class TestSplit:
     without_file: list[str]  # test images whose file under image/ is missing
     train_captions: list[str]  # filter_cap.json: the captions a stage-2 finetune trains on
     sha256: dict = field(default_factory=dict)
+    references: dict[str, list] = field(default_factory=dict)  # every test image with a human caption, file or not
 
     @classmethod
     def load(cls, folder) -> "TestSplit":
@@ -49,11 +50,12 @@ class TestSplit:
             raise DatasetError(f"--data-dir {folder} is not a folder: name the prepared HIC folder "
                                "(dataset/prepare_hic.py --out-dir).")
         test = read_split(folder, "test")
-        images, without_file = {}, []
+        references, images, without_file = {}, {}, []
         for image in test:
             captions = [c for c in image.captions if c.caption.strip()]
             if not captions:
                 continue
+            references[image.image_id] = captions
             if image_path(folder, image.image_id).is_file():
                 images[image.image_id] = captions
             else:
@@ -63,7 +65,7 @@ class TestSplit:
                                f"under {folder / 'image'}: nothing to compare with (run dataset/prepare_hic.py).")
         train = [c.caption for image in read_split(folder, "train") for c in image.captions]
         sha = {name: file_sha256(folder / name) for name in (SPLIT_FILES["train"], SPLIT_FILES["test"])}
-        return cls(folder, images, without_file, train, sha)
+        return cls(folder, images, without_file, train, sha, references)
 
     def restrict(self, candidates: list[Candidate]) -> tuple[list[Candidate], list[str]]:
         """The candidates of test images with a file, and the other captioned image ids (sorted)."""

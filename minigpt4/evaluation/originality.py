@@ -128,14 +128,12 @@ def distinct_n(captions: list[str], n: int) -> float:
 
 
 def image_originality(captions: list[str], flags: list[dict]) -> dict:
-    """One image's per-image values: distinct-1/2 over its captions (NaN for a single caption), the
-    share of its captions with a repeated 3-gram, and its exact and near copy rates."""
+    """One image's per-image values: distinct-1/2 over its captions (NaN for a single caption), and
+    the share of its captions flagged (per caption: ``repeated_trigram``, ``copy_exact``, ``copy_near``)."""
     several = len(captions) > 1
     return {"distinct-1": distinct_n(captions, 1) if several else math.nan,
             "distinct-2": distinct_n(captions, 2) if several else math.nan,
-            "repeated_trigram": sum(has_repeated_trigram(c) for c in captions) / len(captions),
-            "copy_exact": sum(f["copy_exact"] for f in flags) / len(flags),
-            "copy_near": sum(f["copy_near"] for f in flags) / len(flags)}
+            **{key: sum(f[key] for f in flags) / len(flags) for key in ("repeated_trigram", "copy_exact", "copy_near")}}
 
 
 def top_caption_share(captions: list[str]) -> dict:

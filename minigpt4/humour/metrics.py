@@ -31,7 +31,8 @@ from scipy.stats import kendalltau
 from minigpt4.datasets.hic_pairs import MARGIN_BUCKETS, PairOptions, log_margin, margin_bucket
 
 
-def _half(a: float, b: float) -> float:
+def half_win(a: float, b: float) -> float:
+    """1 when ``a > b``, 0.5 on a tie, 0 otherwise."""
     return 1.0 if a > b else 0.5 if a == b else 0.0
 
 
@@ -64,12 +65,12 @@ def tie_aware_ndcg(gains: list[float], scores: list[float]) -> float:
 def per_image(captions: list[dict], options: PairOptions) -> dict:
     """Everything the card needs from one image's scored human captions."""
     pairs = image_pairs(captions, options)
-    stats = {"pairs": len(pairs), "correct": sum(_half(w["score"], l["score"]) for w, l, _ in pairs),
-             "longer": sum(_half(len(w["caption"].split()), len(l["caption"].split())) for w, l, _ in pairs)}
+    stats = {"pairs": len(pairs), "correct": sum(half_win(w["score"], l["score"]) for w, l, _ in pairs),
+             "longer": sum(half_win(len(w["caption"].split()), len(l["caption"].split())) for w, l, _ in pairs)}
     for _, _, name in MARGIN_BUCKETS:
         mine = [(w, l) for w, l, m in pairs if margin_bucket(m) == name]
         stats[f"pairs_{name}"] = len(mine)
-        stats[f"correct_{name}"] = sum(_half(w["score"], l["score"]) for w, l in mine)
+        stats[f"correct_{name}"] = sum(half_win(w["score"], l["score"]) for w, l in mine)
     scored = [c for c in captions if c["funny_score"] is not None]
     funny = [float(c["funny_score"]) for c in scored]
     scores = [float(c["score"]) for c in scored]
@@ -150,6 +151,6 @@ def mismatch_numbers(human: dict[str, list[dict]], mismatch: dict[str, list[dict
         best = human.get(image_id, [])
         best = [r for r in best if r["caption_index"] == 0]
         if best:
-            values += [_half(best[0]["score"], r["score"]) for r in rows]
+            values += [half_win(best[0]["score"], r["score"]) for r in rows]
     value, ci, count = _mean_with_ci(values, resamples, seed)
     return {"mismatch_accuracy": value, "mismatch_accuracy_ci95": ci, "mismatch_pairs": count}
