@@ -32,10 +32,10 @@ from transformers.models.blip_2.modeling_blip_2 import (
 )
 
 from minigpt4.common.errors import CheckpointError, ConfigError
-from minigpt4.models.checkpoint import load_weights_file, resolve_weights, strict_load
+from minigpt4.models.checkpoint import strict_load
 from minigpt4.models.config import QFormerConfig, VisionConfig
-from minigpt4.models.eva_vit import build_eva_vit, convert_eva_state_dict, vit_features
-from minigpt4.models.qformer import BLIP2_DROPPED, build_qformer, qformer_key_to_ours
+from minigpt4.models.eva_vit import build_eva_vit, load_eva_state, vit_features
+from minigpt4.models.qformer import BLIP2_DROPPED, build_qformer, qformer_key_to_ours, read_blip2_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -236,28 +236,13 @@ def convert_blip2_text_state_dict(state_dict: dict, with_vision: bool = True) ->
     return out, vit, dropped
 
 
-def load_vit_weights(vit: nn.Module, vit_ckpt: str) -> None:
-    """``eva_vit_g.pth`` (path or URL) into the ViT, strictly (EVA-g's 40th block dropped on purpose)."""
-    path = resolve_weights(vit_ckpt, "vision encoder (EVA ViT-g)", "vit_ckpt")
-    state = load_weights_file(path, "vision encoder (model.vit_ckpt)")
-    state = state["model"] if isinstance(state.get("model"), dict) else state
-    state, dropped = convert_eva_state_dict(state, vit)
-    strict_load(vit, state, f"vision encoder {path} (model.vit_ckpt)")
-    logger.info("Loaded %d vision tensors from %s (dropped on purpose: %d beyond depth)", len(state), path, len(dropped))
-
-
 def load_blip2_text_weights(encoder: Blip2TextImageEncoder, q_former_model: str) -> None:
     """The full BLIP-2 checkpoint (path or URL) into ``encoder``: every Q-Former tensor, text parts and
     heads included, must be there; ``visual_encoder.*`` keys, when present, go into the ViT too."""
-    path = resolve_weights(q_former_model, "BLIP-2 Q-Former", "q_former_model")
-    state = load_weights_file(path, "BLIP-2 checkpoint (model.q_former_model)")
-    if not isinstance(state.get("model"), dict):
-        raise CheckpointError(f"BLIP-2 checkpoint {path} has no 'model' entry; is it a LAVIS BLIP-2 checkpoint?")
-    state, vit_state, dropped = convert_blip2_text_state_dict(state["model"], encoder.with_vision)
+    path, state = read_blip2_checkpoint(q_former_model)
+    state, vit_state, dropped = convert_blip2_text_state_dict(state, encoder.with_vision)
     if vit_state:  # as the MiniGPT-4 loader: these replace what eva_vit_g.pth gave
-        vit_state, vit_dropped = convert_eva_state_dict(vit_state, encoder.visual_encoder)
-        strict_load(encoder.visual_encoder, vit_state, f"vision weights in {path}", may_be_missing=lambda key: True)
-        dropped += vit_dropped
+        dropped += load_eva_state(encoder.visual_encoder, vit_state, f"vision weights in {path}", partial=True)[1]
     if "text_embeddings.word_embeddings.weight" not in state:
         raise CheckpointError(
             f"BLIP-2 checkpoint {path} (model.q_former_model) has no Q-Former text branch "

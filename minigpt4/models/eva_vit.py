@@ -19,6 +19,7 @@ from timm.models.eva import Eva
 from torch import nn
 
 from minigpt4.common.errors import CheckpointError
+from minigpt4.models.checkpoint import load_weights_file, resolve_weights, strict_load
 from minigpt4.models.config import VisionConfig
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,24 @@ def convert_eva_state_dict(state_dict: dict, vit: Eva) -> tuple[dict, list[str]]
                 interpolation="bicubic", antialias=False,
             ).to(pos.dtype)
     return out, dropped
+
+
+def load_eva_state(vit: Eva, state_dict: dict, what: str, partial: bool = False) -> tuple[int, list[str]]:
+    """A state dict in the ``eva_vit_g.pth`` layout into ``vit`` (:func:`convert_eva_state_dict`, then
+    :func:`strict_load`; ``partial``: keys it lacks keep their values, as for the ViT tensors a BLIP-2
+    checkpoint carries). Returns ``(tensors loaded, keys dropped on purpose)``."""
+    state, dropped = convert_eva_state_dict(state_dict, vit)
+    strict_load(vit, state, what, may_be_missing=lambda key: partial)
+    return len(state), dropped
+
+
+def load_vit_weights(vit: Eva, vit_ckpt: str) -> None:
+    """``eva_vit_g.pth`` (path or URL) into the ViT, strictly (EVA-g's 40th block dropped on purpose)."""
+    path = resolve_weights(vit_ckpt, "vision encoder (EVA ViT-g)", "vit_ckpt")
+    state = load_weights_file(path, "vision encoder (model.vit_ckpt)")
+    state = state["model"] if isinstance(state.get("model"), dict) else state
+    loaded, dropped = load_eva_state(vit, state, f"vision encoder {path} (model.vit_ckpt)")
+    logger.info("Loaded %d vision tensors from %s (dropped on purpose: %d beyond depth)", loaded, path, len(dropped))
 
 
 def cast_linear_conv_(module: nn.Module, dtype: torch.dtype) -> None:

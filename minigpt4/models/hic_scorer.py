@@ -26,15 +26,11 @@ from torch import nn
 
 from minigpt4.common.errors import CheckpointError, ConfigError
 from minigpt4.common.registry import registry
-from minigpt4.models.blip2_text import (
-    Blip2TextImageEncoder,
-    load_bert_tokenizer,
-    load_blip2_text_weights,
-    load_vit_weights,
-)
+from minigpt4.models.blip2_text import Blip2TextImageEncoder, load_bert_tokenizer, load_blip2_text_weights
 from minigpt4.models.checkpoint import load_weights_file, strict_load
-from minigpt4.models.eva_vit import cast_linear_conv_
+from minigpt4.models.eva_vit import cast_linear_conv_, load_vit_weights
 from minigpt4.models.hic_scorer_config import HICScorerConfig
+from minigpt4.models.precision import DTYPES
 from minigpt4.models.presets import ModelPresets
 
 logger = logging.getLogger(__name__)
@@ -65,7 +61,7 @@ class ScoreHead(nn.Module):
     def itc_features(image_feats: torch.Tensor | None, text_feat: torch.Tensor) -> torch.Tensor:
         if image_feats is None:
             return text_feat
-        best = torch.einsum("bqe,be->bq", image_feats, text_feat).max(dim=1).values
+        best = Blip2TextImageEncoder.itc_similarity(image_feats, text_feat)
         image = nn.functional.normalize(image_feats.mean(dim=1), dim=-1)
         return torch.cat([text_feat, image * text_feat, (image - text_feat).abs(), best[:, None]], dim=-1)
 
@@ -107,9 +103,7 @@ class HICScorer(ModelPresets, nn.Module):
                 load_vit_weights(self.backbone.visual_encoder, config.vit_ckpt)
             load_blip2_text_weights(self.backbone, config.q_former_model)
         # the original's precision policy: the ViT in half precision on the GPU, everything else in fp32
-        self.vit_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.vit_precision, torch.float32)
-        if device.type == "cpu":
-            self.vit_dtype = torch.float32
+        self.vit_dtype = torch.float32 if device.type == "cpu" else DTYPES[config.vit_precision]
         if config.use_image and self.vit_dtype != torch.float32:
             cast_linear_conv_(self.backbone.visual_encoder, self.vit_dtype)
         embed_dim = self.backbone.text_proj.out_features

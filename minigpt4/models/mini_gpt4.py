@@ -20,9 +20,10 @@ from minigpt4.common.paths import resolve_project_path
 from minigpt4.common.registry import registry
 from minigpt4.constants import IMAGE_PLACEHOLDER
 from minigpt4.models.config import MiniGPT4Config
-from minigpt4.models.checkpoint import load_weights_file, resolve_weights, strict_load
+from minigpt4.models.checkpoint import load_weights_file, strict_load
 from minigpt4.models.compiled import check_compile
-from minigpt4.models.eva_vit import build_eva_vit, cast_linear_conv_, convert_eva_state_dict, set_attention, vit_features
+from minigpt4.models.eva_vit import (build_eva_vit, cast_linear_conv_, load_eva_state, load_vit_weights, set_attention,
+                                     vit_features)
 from minigpt4.models.llm import OriginalDecoder, check_quantization, is_quantized, load_llm, load_tokenizer, quantization_bits
 from minigpt4.models.lora import (apply_lora, check_adapters_match, checkpoint_key_map, is_adapter_key, merge_lora,
                                   saved_lora_config, to_checkpoint_names)
@@ -34,6 +35,7 @@ from minigpt4.models.qformer import (
     convert_blip2_state_dict,
     qformer_key_to_original,
     qformer_key_to_ours,
+    read_blip2_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ class MiniGPT4(ModelPresets, nn.Module):
                                             config.vit_config)
         set_attention(self.visual_encoder, self.attention.vit)
         if load_weights:  # False only for benchmarks of an architecture without its weights
-            self._load_vit(config.vit_ckpt)
+            load_vit_weights(self.visual_encoder, config.vit_ckpt)
         # fp32 math, result in the input dtype; PyTorch's default eps 1e-5, unlike the ViT's 1e-6
         self.ln_vision = LayerNormFp32(self.visual_encoder.embed_dim, eps=1e-5)
         if self.vit_dtype != torch.float32:
@@ -133,25 +135,12 @@ class MiniGPT4(ModelPresets, nn.Module):
         return self
 
     # -- loading ---------------------------------------------------------------------------------
-    def _load_vit(self, vit_ckpt: str) -> None:
-        path = resolve_weights(vit_ckpt, "vision encoder (EVA ViT-g)", "vit_ckpt")
-        state = load_weights_file(path, "vision encoder (model.vit_ckpt)")
-        state = state.get("model", state) if isinstance(state.get("model"), dict) else state
-        state, dropped = convert_eva_state_dict(state, self.visual_encoder)
-        strict_load(self.visual_encoder, state, f"vision encoder {path}")
-        logger.info("Loaded %d vision tensors from %s (dropped on purpose: %d beyond depth)", len(state), path, len(dropped))
-
     def _load_blip2(self, q_former_model: str) -> None:
-        path = resolve_weights(q_former_model, "BLIP-2 Q-Former", "q_former_model")
-        state = load_weights_file(path, "BLIP-2 checkpoint (model.q_former_model)")
-        if "model" not in state:
-            raise CheckpointError(f"BLIP-2 checkpoint {path} has no 'model' entry; is it a LAVIS BLIP-2 checkpoint?")
-        state, dropped = convert_blip2_state_dict(state["model"])
+        path, state = read_blip2_checkpoint(q_former_model)
+        state, dropped = convert_blip2_state_dict(state)
         vit_state = {k[len("visual_encoder."):]: v for k, v in state.items() if k.startswith("visual_encoder.")}
         if vit_state:  # the original loads these into the ViT too (whole-model non-strict load)
-            vit_state, vit_dropped = convert_eva_state_dict(vit_state, self.visual_encoder)
-            strict_load(self.visual_encoder, vit_state, f"vision weights in {path}", may_be_missing=lambda key: True)
-            dropped += vit_dropped
+            dropped += load_eva_state(self.visual_encoder, vit_state, f"vision weights in {path}", partial=True)[1]
         rest = {k: v for k, v in state.items() if not k.startswith("visual_encoder.")}
         holder = nn.Module()  # the parts a BLIP-2 checkpoint must fill completely
         holder.Qformer, holder.ln_vision = self.Qformer, self.ln_vision

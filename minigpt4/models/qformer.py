@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
+from minigpt4.common.errors import CheckpointError
+from minigpt4.models.checkpoint import load_weights_file, resolve_weights
 from minigpt4.models.config import QFormerConfig
 
 def build_qformer(num_query_token: int, vision_width: int, arch: QFormerConfig | None = None, device=None,
@@ -68,6 +71,16 @@ def qformer_key_to_original(key: str) -> str:
         if key.startswith(ours):
             return (original + key[len(ours):]).replace("attention.attention.", "attention.self.")
     return key
+
+
+def read_blip2_checkpoint(q_former_model: str) -> tuple[Path, dict]:
+    """The local path of a LAVIS BLIP-2 checkpoint (path or URL, ``model.q_former_model``) and its
+    ``model`` entry."""
+    path = resolve_weights(q_former_model, "BLIP-2 Q-Former", "q_former_model")
+    state = load_weights_file(path, "BLIP-2 checkpoint (model.q_former_model)")
+    if not isinstance(state.get("model"), dict):
+        raise CheckpointError(f"BLIP-2 checkpoint {path} has no 'model' entry; is it a LAVIS BLIP-2 checkpoint?")
+    return path, state["model"]
 
 
 def convert_blip2_state_dict(state_dict: dict) -> tuple[dict, list[str]]:
