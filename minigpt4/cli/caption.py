@@ -153,17 +153,21 @@ def caption_jobs(captioner: BatchCaptioner, jobs: list[ImageJob], settings: Gene
     pending = {job.key: len(job.prompts) for job in jobs}
     buffered: dict[str, list[CaptionRecord]] = {job.key: [] for job in jobs}
     failed: set[str] = set()
+    opened: dict = {}  # each image is read once, however many prompts it is asked
     for first in range(0, len(samples), args.batch_size):
         batch = samples[first: first + args.batch_size]
         loaded = []
         for job, prompt in batch:
             if job.key in failed:
                 continue
-            try:
-                loaded.append((job, prompt, open_image(job.path)))
-            except DatasetError as err:
-                failed.add(job.key)
-                buffered[job.key] = [CaptionRecord(str(job.path), job.image_id, error=str(err), model=run.model)]
+            if job.key not in opened:
+                try:
+                    opened[job.key] = open_image(job.path)
+                except DatasetError as err:
+                    failed.add(job.key)
+                    buffered[job.key] = [CaptionRecord(str(job.path), job.image_id, error=str(err), model=run.model)]
+                    continue
+            loaded.append((job, prompt, opened[job.key]))
         if loaded:
             results = captioner.generate([img for _, _, img in loaded], [p for _, p, _ in loaded], settings,
                                          num_captions=args.num_captions)
@@ -175,6 +179,7 @@ def caption_jobs(captioner: BatchCaptioner, jobs: list[ImageJob], settings: Gene
         for job, _ in batch:
             pending[job.key] -= 1
             if pending[job.key] == 0:
+                opened.pop(job.key, None)
                 yield buffered.pop(job.key)
 
 

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import functools
 import html
+import inspect
 import logging
 import sys
 import tempfile
@@ -109,7 +110,7 @@ def _readable(fn):
         logger.exception("Unexpected error in %s", fn.__name__)
         raise gr.Error(f"Something went wrong ({type(err).__name__}: {err}). Try again or restart.") from None
 
-    if getattr(fn, "__code__", None) and fn.__code__.co_flags & 0x20:  # a generator: stream its updates
+    if inspect.isgeneratorfunction(fn):  # a generator: stream its updates
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:

@@ -78,14 +78,12 @@ class StoppingCriteriaSub(StoppingCriteria):
         self.longest = max((len(s) for s in self.stops), default=0)
         self.per_row = per_row
 
-    def _row_done(self, row: torch.Tensor) -> bool:
-        return ends_with_stop(row[-self.longest:].tolist() if self.longest else [], self.stops)
-
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        if self.per_row:
-            done = [self._row_done(row) for row in input_ids]
-        else:
-            done = [self._row_done(input_ids[0])] * input_ids.shape[0]
+        rows = input_ids if self.per_row else input_ids[:1]
+        tails = rows[:, -self.longest:].tolist() if self.longest else [[]] * rows.shape[0]  # one copy per step
+        done = [ends_with_stop(tail, self.stops) for tail in tails]
+        if not self.per_row:
+            done *= input_ids.shape[0]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 

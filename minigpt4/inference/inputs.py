@@ -50,7 +50,7 @@ def image_tensor(image, vis_processor) -> torch.Tensor:
     if isinstance(image, (str, Path)):
         image = open_image(image)
     if isinstance(image, Image.Image):
-        return vis_processor(image.convert("RGB")).unsqueeze(0)
+        return vis_processor(image if image.mode == "RGB" else image.convert("RGB")).unsqueeze(0)
     if isinstance(image, torch.Tensor):
         return image.unsqueeze(0) if image.dim() == 3 else image
     raise TypeError(f"An image is a file path, a PIL image or a tensor; got {type(image).__name__}.")

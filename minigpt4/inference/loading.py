@@ -21,9 +21,6 @@ from minigpt4.models.precision import PRECISION_MODES, resolve_precision, store_
 
 logger = logging.getLogger(__name__)
 
-# The ``model`` record fields that say which model wrote a caption (the device does not).
-MODEL_IDENTITY_KEYS = ("arch", "model_type", "llama_model", "ckpt", "low_resource")
-
 
 class LoadedModel(NamedTuple):
     model: torch.nn.Module
