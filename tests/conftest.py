@@ -51,22 +51,24 @@ def tiny_model(tiny_dir):
     return model
 
 
+def cli_error_line(cli, argv, capsys) -> str:
+    """Run a console entry point (``caption.cli``, ``evaluate.cli`` ...) on ``argv``: it must stop with
+    exit code 2 and one ``error:`` line, no traceback; returns that line."""
+    with pytest.raises(SystemExit) as stop:
+        cli(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
+    return lines[-1]
+
+
 @pytest.fixture
 def evaluate_error(capsys):
-    """Run evaluate.py's console entry point on ``argv``: it must stop with exit code 2 and one ``error:``
-    line, no traceback; returns that line."""
+    """:func:`cli_error_line` of evaluate.py's entry point, as a fixture taking ``argv``."""
     from minigpt4.cli import evaluate
 
-    def run(argv) -> str:
-        with pytest.raises(SystemExit) as stop:
-            evaluate.cli(argv)
-        err = capsys.readouterr().err
-        assert stop.value.code == 2, err
-        lines = err.strip().splitlines()
-        assert lines and lines[-1].startswith("error: ") and "Traceback" not in err, err
-        return lines[-1]
-
-    return run
+    return lambda argv: cli_error_line(evaluate.cli, argv, capsys)
 
 
 @pytest.fixture

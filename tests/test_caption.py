@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cli_error_line
 from minigpt4.cli import caption
 from minigpt4.common.errors import ConfigError, DatasetError
 from minigpt4.conversation.conversation import CONV_VISION, Chat
@@ -67,16 +68,6 @@ def copy_images(image_dir: Path, folder: Path, names) -> Path:
     for name in names:
         (folder / f"{name}.jpg").write_bytes((image_dir / f"{name}.jpg").read_bytes())
     return folder
-
-
-def cli_error(argv, capsys) -> str:
-    """Run the console entry point; it must stop with exit code 2 and one ``error:`` line."""
-    with pytest.raises(SystemExit) as stop:
-        caption.cli(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2, err
-    assert err and err[-1].startswith("error: ") and not any("Traceback" in line for line in err), err
-    return err[-1]
 
 
 def test_cut_at_stop_and_left_pad():
@@ -274,9 +265,9 @@ def test_resume_keys_on_real_path_and_checks_settings(image_dir, tmp_path, monke
     assert caption.main(["--images", "link/*.jpg", *common]) == 0  # through a link
     assert out.read_bytes() == before
 
-    message = cli_error(["--images", "imgs", *common, "--prompt", "Say something else."], capsys)
+    message = cli_error_line(caption.cli, ["--images", "imgs", *common, "--prompt", "Say something else."], capsys)
     assert "other settings" in message and "prompt" in message and "--force-append" in message
-    message = cli_error(["--images", "imgs", *common, "--do-sample", "--num-captions", "2"], capsys)
+    message = cli_error_line(caption.cli, ["--images", "imgs", *common, "--do-sample", "--num-captions", "2"], capsys)
     assert "num_captions (1 there, 2 now)" in message and "do_sample" in message
     assert out.read_bytes() == before
 
@@ -303,15 +294,15 @@ def test_output_checked_before_the_model_loads(image_dir, tmp_path, monkeypatch,
     monkeypatch.setattr(caption, "build_for_inference", no_model)
     monkeypatch.setattr(caption, "load_config", no_model)
     common = ["--cfg-path", str(TINY_CFG), "--images", str(image_dir), "--device", "cpu", "--quiet"]
-    assert "is a folder" in cli_error([*common, "--out", str(tmp_path)], capsys)
+    assert "is a folder" in cli_error_line(caption.cli, [*common, "--out", str(tmp_path)], capsys)
     (tmp_path / "file").write_text("x")
-    assert "cannot be written" in cli_error([*common, "--out", str(tmp_path / "file" / "c.jsonl")], capsys)
-    assert "--batch-size must be at least 1" in cli_error([*common, "--out", "x.jsonl", "--batch-size", "0"], capsys)
-    assert "not key=value" in cli_error([*common, "--out", "x.jsonl", "--options", "model.ckpt"], capsys)
-    assert "need sampling" in cli_error([*common, "--out", "x.jsonl", "--num-captions", "2"], capsys)
+    assert "cannot be written" in cli_error_line(caption.cli, [*common, "--out", str(tmp_path / "file" / "c.jsonl")], capsys)
+    assert "--batch-size must be at least 1" in cli_error_line(caption.cli, [*common, "--out", "x.jsonl", "--batch-size", "0"], capsys)
+    assert "not key=value" in cli_error_line(caption.cli, [*common, "--out", "x.jsonl", "--options", "model.ckpt"], capsys)
+    assert "need sampling" in cli_error_line(caption.cli, [*common, "--out", "x.jsonl", "--num-captions", "2"], capsys)
     # No CUDA here, or no 100th GPU: either way a clean error naming the flag.
-    assert "--device" in cli_error([*common[:4], "--device", "cuda:99", "--out", str(tmp_path / "c.jsonl")], capsys)
-    assert "matches no files" in cli_error([*common[:2], "--images", str(tmp_path / "*.png"), *common[4:],
+    assert "--device" in cli_error_line(caption.cli, [*common[:4], "--device", "cuda:99", "--out", str(tmp_path / "c.jsonl")], capsys)
+    assert "matches no files" in cli_error_line(caption.cli, [*common[:2], "--images", str(tmp_path / "*.png"), *common[4:],
                                             "--out", str(tmp_path / "c.jsonl")], capsys)
 
 
@@ -325,7 +316,7 @@ def test_malicious_checkpoint_is_refused_cleanly(image_dir, tmp_path, capsys):
 
     evil = tmp_path / "evil.pth"
     evil.write_bytes(pickle.dumps({"model": Payload()}, protocol=2))
-    message = cli_error(["--cfg-path", str(TINY_CFG), "--images", str(image_dir), "--out", str(tmp_path / "c.jsonl"),
+    message = cli_error_line(caption.cli, ["--cfg-path", str(TINY_CFG), "--images", str(image_dir), "--out", str(tmp_path / "c.jsonl"),
                          "--device", "cpu", "--quiet", "--options", f"model.ckpt={evil}"], capsys)
     assert "evil.pth" in message and "weights_only=False" not in message
     assert not marker.exists()

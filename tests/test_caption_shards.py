@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import cli_error_line
 from minigpt4.cli import caption
 from minigpt4.inference.records import RunSettings
 from minigpt4.inference.shards import ShardLayout, ShardRun, merge_parts
@@ -78,15 +79,6 @@ def image_ids(path: Path) -> list[str]:
         except ValueError:
             ids.append("<torn>")
     return ids
-
-
-def cli_error(args, capsys) -> str:
-    with pytest.raises(SystemExit) as stop:
-        caption.cli(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert stop.value.code == 2, err
-    assert err and err[-1].startswith("error: ") and not any("Traceback" in line for line in err), err
-    return err[-1]
 
 
 @pytest.fixture(scope="module")
@@ -191,13 +183,13 @@ def test_shard_values_are_checked_before_the_model_loads(image_dir, tmp_path, mo
     monkeypatch.setattr(caption, "build_for_inference", no_model)
     monkeypatch.setattr(caption, "load_config", no_model)
     out = tmp_path / "c.jsonl"
-    message = cli_error(argv(image_dir, out, "--shard", "3/2"), capsys)
+    message = cli_error_line(caption.cli, argv(image_dir, out, "--shard", "3/2"), capsys)
     assert "no shard 3 of 2" in message and "0/2 .. 1/2" in message
-    assert "not INDEX/COUNT" in cli_error(argv(image_dir, out, "--shard", "1"), capsys)
-    assert "at least 1" in cli_error(argv(image_dir, out, "--shard", "0/0"), capsys)
+    assert "not INDEX/COUNT" in cli_error_line(caption.cli, argv(image_dir, out, "--shard", "1"), capsys)
+    assert "at least 1" in cli_error_line(caption.cli, argv(image_dir, out, "--shard", "0/0"), capsys)
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert "--shard is for runs without torchrun" in cli_error(argv(image_dir, out, "--shard", "0/2"), capsys)
+    assert "--shard is for runs without torchrun" in cli_error_line(caption.cli, argv(image_dir, out, "--shard", "0/2"), capsys)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -227,7 +219,7 @@ def test_a_second_run_on_the_same_out_is_refused(image_dir, tmp_path, monkeypatc
     holder = hold(f"{layout.lock}=exclusive")
     try:
         for extra in ([], ["--shard", "0/2"]):
-            message = cli_error(argv(image_dir, out, *extra), capsys)
+            message = cli_error_line(caption.cli, argv(image_dir, out, *extra), capsys)
             assert f"--out {out} is being written by another caption.py run (pid {holder.pid} on " in message
     finally:
         holder.kill()  # killed: the kernel drops its lock
@@ -240,11 +232,11 @@ def test_a_second_run_on_the_same_out_is_refused(image_dir, tmp_path, monkeypatc
     layout.parts_dir.mkdir()
     holder = hold(f"{layout.lock}=shared", f"{layout.part_lock(0, 2)}=exclusive")
     try:
-        message = cli_error(argv(image_dir, out, "--shard", "0/2"), capsys)
+        message = cli_error_line(caption.cli, argv(image_dir, out, "--shard", "0/2"), capsys)
         assert f"shard 0/2 of --out {out} is being captioned by another run (pid {holder.pid} " in message
-        message = cli_error(argv(image_dir, out, "--shard", "1/3"), capsys)
+        message = cli_error_line(caption.cli, argv(image_dir, out, "--shard", "1/3"), capsys)
         assert f"being captioned in 2 shards by another run (shard 0/2: pid {holder.pid} " in message
-        message = cli_error(argv(image_dir, out), capsys)
+        message = cli_error_line(caption.cli, argv(image_dir, out), capsys)
         assert f"being written by another caption.py run (shard 0/2: pid {holder.pid} " in message
         with ShardRun(out, "1/2") as run:  # its sibling shard may run
             assert run.target == layout.partial(1, 2)
