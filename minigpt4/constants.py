@@ -11,4 +11,3 @@ EVA_VIT_G_URL = LAVIS_BLIP2_URL + "eva_vit_g.pth"
 BLIP2_FLANT5XXL_URL = LAVIS_BLIP2_URL + "blip2_pretrained_flant5xxl.pth"
 
 PLACEHOLDER_PREFIX = "/path/to/"  # weight paths still set to this stop the program at start-up
-SPLIT_NAMES = ("train", "val", "test")

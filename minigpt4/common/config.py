@@ -12,12 +12,10 @@ it and the fix.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

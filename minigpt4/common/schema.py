@@ -98,25 +98,22 @@ def _convert(value: Any, hint: Any, key: str, where: str) -> Any:
 
 
 def build_section(cls: type, node: Any, prefix: str, origin: Origin = lambda key: "the config",
-                  ignored: Iterable[str] = (), extra_ok: Iterable[str] = ()) -> Any:
+                  ignored: Iterable[str] = ()) -> Any:
     """An instance of dataclass ``cls`` from ``node`` (a DictConfig, a dict or None).
 
     ``prefix`` is the dotted name of the section (``model``, ``run``) used in messages;
-    ``ignored`` are keys of the original that are accepted with one warning; ``extra_ok`` keys are
-    accepted silently (read elsewhere, e.g. ``arch``)."""
+    ``ignored`` are keys of the original that are accepted with one warning."""
     node = node if node is not None else {}
     if not isinstance(node, (DictConfig, dict)):
         raise ConfigError(f"{prefix} (set in {origin(prefix)}) must be a mapping of keys; got {_plain(node)!r}.")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    ignored, extra_ok = set(ignored), set(extra_ok)
+    ignored = set(ignored)
     values, seen_ignored = {}, []
     for name in node.keys():
         key = f"{prefix}.{name}"
         if name in ignored:
             seen_ignored.append(name)
-            continue
-        if name in extra_ok:
             continue
         if name not in fields:
             raise ConfigError(
@@ -134,7 +131,3 @@ def build_section(cls: type, node: Any, prefix: str, origin: Origin = lambda key
                        prefix, ", ".join(f"{prefix}.{n}" for n in sorted(seen_ignored)))
     return cls(**values)
 
-
-def section_dict(section: Any) -> dict:
-    """A plain dict of a section (nested sections included), e.g. to write beside a checkpoint."""
-    return dataclasses.asdict(section)

@@ -8,7 +8,6 @@ that set it and the closest valid key, raised when the builder is made -- not la
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from minigpt4.common.errors import ConfigError
 from minigpt4.common.paths import PACKAGE_ROOT, resolve_project_path
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import Origin, build_section
+from minigpt4.constants import PLACEHOLDER_PREFIX
 from minigpt4.processors.base_processor import BaseProcessor
 
 
@@ -114,23 +114,17 @@ class BaseDatasetBuilder:
 
     def storage(self) -> str:
         """``build_info.storage``; a clear error while it is missing or still a placeholder."""
-
-        storage = self.config.get("build_info", {}).get("storage")
         key = f"datasets.{self.name}.build_info.storage"
-        if not storage:
+        if not self.settings.build_info.storage:
             raise ConfigError(f"{key} is not set.")
-        storage = os.path.expanduser(str(storage))
-        if not storage.startswith("/path/to/") and "{" not in storage:
-
-            storage = str(resolve_project_path(storage))  # relative: working directory, then project root
-        if storage.startswith("/path/to/"):
+        storage = os.path.expanduser(self.settings.build_info.storage)
+        if storage.startswith(PLACEHOLDER_PREFIX):
             raise ConfigError(f"{key} is still the placeholder {storage!r}: set it in your YAML or pass "
                               f"--options {key}=/your/folder (see docs/TRAINING.md).")
-        return storage
+        if "{" in storage:  # a brace-expanded shard pattern
+            return storage
+        return str(resolve_project_path(storage))  # relative: working directory, then project root
 
-    def build_datasets(self):
-        logging.getLogger(__name__).info("Building datasets...")
-        return self.build()
-
-    def build(self):
-        raise NotImplementedError(f"{type(self).__name__} must implement build()")
+    def build_datasets(self) -> dict:
+        """``{split: dataset}``, with at least ``"train"``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_datasets()")

@@ -96,13 +96,6 @@ class CCSBUAlignDataset(Dataset):
     def __len__(self):
         return len(self.annotation)
 
-    def _transform(self, image, seed):
-        if seed is None:
-            return self.vis_processor(image)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.vis_processor(image)
-
     def __getitem__(self, key):
         index, seed = key if isinstance(key, tuple) else (key, None)
         for attempt in range(len(self)):
@@ -116,12 +109,22 @@ class CCSBUAlignDataset(Dataset):
                                path, type(err).__name__, err, self.num_skipped)
                 continue
             ann = self.annotation[i]
-            return {"image": self._transform(image, seed), "text_input": ann["caption"],
+            return {"image": seeded_transform(self.vis_processor, image, seed), "text_input": ann["caption"],
                     "image_id": self.img_ids[ann["image_id"]]}
         raise DatasetError(f"No readable image in {self.vis_root}.")
 
     def collater(self, samples):
         return default_collate(samples)
+
+
+def seeded_transform(processor, image, seed: int | None):
+    """``processor(image)``; with a ``seed``, its random draws come from that seed alone (the global
+    torch RNG is left as it was)."""
+    if seed is None:
+        return processor(image)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return processor(image)
 
 
 def read_image(source) -> Image.Image:

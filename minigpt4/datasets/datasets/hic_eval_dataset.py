@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import os
 
-from PIL import Image
 from torch.utils.data import Dataset
 
-from minigpt4.datasets.datasets.cc_sbu_dataset import check_images_exist
+from minigpt4.datasets.datasets.cc_sbu_dataset import check_images_exist, read_image
 from minigpt4.datasets.hic_format import IMAGE_DIR, SPLIT_FILES, image_path, read_split
 
 
@@ -28,10 +27,8 @@ class HICEvalDataset(Dataset):
 
     def __getitem__(self, index):
         item = self.images[index]
-        with Image.open(self.paths[index]) as img:
-            image = self.vis_processor(img.convert("RGB"))
         return {
-            "image": image,
+            "image": self.vis_processor(read_image(self.paths[index])),
             "image_id": item.image_id,
             "captions": [c.caption for c in item.captions],
             "funny_scores": [c.funny_score for c in item.captions],

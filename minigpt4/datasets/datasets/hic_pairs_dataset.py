@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
 
 from minigpt4.common.errors import DatasetError
-from minigpt4.datasets.datasets.cc_sbu_dataset import read_image
+from minigpt4.datasets.datasets.cc_sbu_dataset import read_image, seeded_transform
 from minigpt4.datasets.hic_format import image_path
 from minigpt4.datasets.hic_pairs import MISMATCH, Pair
 
@@ -40,12 +40,7 @@ class HICPairsDataset(Dataset):
         return list(dict.fromkeys(c for p in self.pairs for c in (p.win, p.lose)))
 
     def load_image(self, image_id: str, seed: int | None = None) -> torch.Tensor:
-        image = read_image(image_path(self.folder, image_id))
-        if seed is None:
-            return self.vis_processor(image)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.vis_processor(image)
+        return seeded_transform(self.vis_processor, read_image(image_path(self.folder, image_id)), seed)
 
     def _sample(self, pair: Pair) -> dict:
         return {"image_id": pair.image_id, "text_win": pair.win, "text_lose": pair.lose,
